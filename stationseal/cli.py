@@ -35,6 +35,7 @@ class UsageError(Exception):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Only the chosen command's module is imported (and so its dependencies)."""
     parser = argparse.ArgumentParser(
         prog="stationseal",
         description="Signed, loss-free instrument data for inspection and monitoring sites.",
@@ -42,7 +43,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stationseal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_ in COMMANDS:
-        if only is not None and name != only:
+        if name != only:
             sub.add_parser(name, help=help_, add_help=False)
             continue
         mod = importlib.import_module(module)
