@@ -147,6 +147,7 @@ class ChainTracker:
 
         self.frames += 1
         old_max = self.received.max
+        old_min = self.received.min
         self.received.add(seq, seq)
         self.recent[seq] = (f.frame_hash, f.prev_hash, f.boot_id)
         self._order.append(seq)
@@ -174,6 +175,9 @@ class ChainTracker:
         # New gap(s) opened by this frame?
         if old_max is not None and seq > old_max + 1:
             for a, b in self.dropped.missing(old_max + 1, seq - 1):
+                self.pending[a] = (b, when)
+        if old_min is not None and seq < old_min - 1:
+            for a, b in self.dropped.missing(seq + 1, old_min - 1):
                 self.pending[a] = (b, when)
         self._settle_pending()
         return True, issues

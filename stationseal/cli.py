@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from stationseal import __version__
+from stationseal.errors import UsageError
+
+__all__ = ["UsageError", "main"]
 
 #: (subcommand, module that defines ``register(subparsers)``). Modules are imported only
 #: when their command runs, so `stationseal verify` on an auditor's laptop does not need
@@ -28,10 +31,6 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("stack", "stationseal.stack", "start/stop the local Mosquitto + InfluxDB stack"),
     ("hj212", "stationseal.hj212.cli", "parse, build and check HJ 212 frames"),
 )
-
-
-class UsageError(Exception):
-    """Raised by subcommands for bad arguments or configuration: exit code 2."""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
