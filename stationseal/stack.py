@@ -140,6 +140,9 @@ class StackInfo:
     influx_rpc_port: int
     topic_prefix: str = TOPIC_PREFIX
     created: str = ""
+    influx_username: str | None = None
+    """None while InfluxDB auth is off (the local stack); set in production configs."""
+    influx_password_file: Path | None = None
 
     @property
     def json_path(self) -> Path:
@@ -194,7 +197,10 @@ class StackInfo:
                 "url": self.influx_url,
                 "database": self.influx_database,
                 "api": "v1",
-                "auth": False,
+                "auth": self.influx_username is not None,
+                "username": self.influx_username,
+                "password_file": (None if self.influx_password_file is None
+                                  else str(self.influx_password_file)),
                 "rpc_bind": f"{HOST}:{self.influx_rpc_port}",
             },
         }
@@ -233,6 +239,9 @@ class StackInfo:
             influx_database=_req_str(influx, "database", f"{where}: influxdb"),
             influx_rpc_port=rpc_port,
             created=str(data.get("created", "")),
+            influx_username=_opt_str(influx, "username", f"{where}: influxdb"),
+            influx_password_file=(None if influx.get("password_file") is None else _path(
+                base, _req_str(influx, "password_file", f"{where}: influxdb"))),
         )
 
 
@@ -247,6 +256,13 @@ def _req_str(data: Mapping[str, Any], key: str, where: str) -> str:
     v = data.get(key)
     if not isinstance(v, str) or not v:
         raise StackError(f"{where}: key {key!r} missing or not a string")
+    return v
+
+
+def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    v = data.get(key)
+    if v is not None and not isinstance(v, str):
+        raise StackError(f"{where}: key {key!r} must be a string or null, not {v!r}")
     return v
 
 
