@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import cbor2
+
 from stationseal import cbor
 from stationseal.records import Event, Reading
 from stationseal.signing import ALG_IDS, ALG_NAMES, SIGNATURE_LEN, Signer
@@ -33,6 +35,8 @@ MAX_SEQ = 2**64 - 1
 #: peer cannot make the ingest allocate without limit.
 MAX_PAYLOAD = 4 * 1024 * 1024
 _ID_MAX = 64
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
 
 
 class FrameError(Exception):
@@ -179,7 +183,7 @@ def _check_header(
         raise FrameError("schema", f"seq {seq!r} outside 1..2^64-1")
     if type(prev_hash) is not bytes or len(prev_hash) != 32:
         raise FrameError("schema", "prev_hash must be 32 bytes")
-    if type(created_ms) is not int or created_ms < 0:
+    if type(created_ms) is not int or not 0 <= created_ms <= _I64_MAX:
         raise FrameError("schema", f"created_ms {created_ms!r} must be a non-negative integer")
     if clock_sync not in CLOCK_STATES:
         raise FrameError("schema", f"clock_sync {clock_sync!r} unknown")
@@ -268,8 +272,6 @@ def decode(payload: bytes) -> Frame:
         raise FrameError("malformed", f"body: {e}") from None
     if type(b) is not list or len(b) != 13:
         raise FrameError("schema", "body is not an array of 13 items")
-    if not cbor.is_canonical(body, b):
-        raise FrameError("malformed", "body is not in canonical CBOR encoding")
     (ver, gw, site, key_id, alg_id, boot_id, seq, prev_hash, created_ms, clk, chans, recs,
      evs) = b
     if ver != FORMAT_VERSION or type(ver) is not int:
@@ -290,16 +292,27 @@ def decode(payload: bytes) -> Frame:
         channels.append((c[0], c[1], c[2]))
     readings: list[Reading] = []
     nch = len(channels)
+    # While checking the readings, note any value where cbor2's canonical encoder and the
+    # reference rules could disagree (see cbor.is_canonical_fast); usually there is none
+    # and the canonical check below runs at C speed.
+    exotic = False
     for i, r in enumerate(recs):
         if type(r) is not list or len(r) != 5:
             raise FrameError("schema", f"readings[{i}] is not an array of 5 items")
         ci, dt, value, q, raw = r
         if type(ci) is not int or not 0 <= ci < nch:
             raise FrameError("schema", f"readings[{i}].channel {ci!r} out of range 0..{nch - 1}")
-        if type(dt) is not int:
-            raise FrameError("schema", f"readings[{i}].time_offset is not an integer")
-        if type(value) not in (int, float, str):
-            raise FrameError("schema", f"readings[{i}].value has type {type(value).__name__}")
+        if type(dt) is not int or not _I64_MIN <= dt <= _I64_MAX:
+            raise FrameError("schema", f"readings[{i}].time_offset is not a 64-bit integer")
+        tv = type(value)
+        if tv is float:
+            if 32768.0 <= abs(value) <= 65504.0 and cbor.half_exact(value):
+                exotic = True
+        elif tv is int:
+            if not -(2**64) <= value < 2**64:
+                raise FrameError("schema", f"readings[{i}].value exceeds 64 bits")
+        elif tv is not str:
+            raise FrameError("schema", f"readings[{i}].value has type {tv.__name__}")
         if type(q) is not str or len(q) != 1:
             raise FrameError("schema", f"readings[{i}].quality {q!r} is not one character")
         if raw is not None and type(raw) is not bytes:
@@ -318,6 +331,22 @@ def decode(payload: bytes) -> Frame:
         ):
             raise FrameError("schema", f"events[{i}] is not [instrument, offset, kind, detail]")
         events.append(Event(ev[0], ev[2], (created_ms + ev[1]) / 1000, ev[3]))
+    # Canonical check. Events may hold maps: they go through the reference encoder; the
+    # rest (arrays of scalars, now type-checked) through cbor2's C encoder unless exotic.
+    try:
+        evs_bytes = cbor.encode(evs)
+    except cbor.CBORError as e:
+        raise FrameError("malformed", f"events: {e}") from None
+    prefix = b"\x8c" + body[1 : len(body) - len(evs_bytes)]  # items 0..11 as a 12-array
+    if exotic:
+        canonical = cbor.is_canonical(prefix, b[:12])
+    else:
+        try:
+            canonical = cbor2.dumps(b[:12], canonical=True) == prefix
+        except Exception:
+            canonical = False
+    if body[0] != 0x8D or not body.endswith(evs_bytes) or not canonical:
+        raise FrameError("malformed", "body is not in canonical CBOR encoding")
     return Frame(
         gateway_id=gw,
         site=site,

@@ -53,7 +53,7 @@ class Pkcs11Signer:
                 f"PKCS#11 module {module}, token {token_label!r}, key {key_label!r}: "
                 f"{type(e).__name__} {e}"
             ) from None
-        der = encode_ec_public_key(pub_obj)
+        der = encode_ec_public_key(pub_obj)  # type: ignore[arg-type]
         pub = load_public_key(
             serialization.load_der_public_key(der).public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

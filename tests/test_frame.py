@@ -197,3 +197,20 @@ def test_compactness() -> None:
     f = make(rs, [])
     per_reading = (len(f.payload) - len(make([], []).payload)) / len(rs)
     assert per_reading < 20, per_reading
+
+
+@pytest.mark.parametrize("value", [40000.0, 65504.0, -32768.0, 1.0, 0.1, 123456.75])
+def test_float_encoding_edge_cases(value: float) -> None:
+    """Floats where libraries disagree on the shortest form: only the RFC 8949 form passes."""
+    f = make([Reading("a", "co_pct", value, "%vol", T0, "N", None)], [])
+    assert verify_payload(f.payload, registry()).readings[0].value == value
+    shortest = cbor.encode_float(value)
+    for longer in (b"\xfa" + struct.pack(">f", value), b"\xfb" + struct.pack(">d", value)):
+        if len(longer) <= len(shortest) or longer[0] < shortest[0]:
+            continue
+        i = f.body.index(shortest + b"\x61N")
+        body = f.body[:i] + longer + f.body[i + len(shortest):]
+        payload = cbor.encode([body, ED.sign(body)])
+        with pytest.raises(Rejected) as ei:
+            verify_payload(payload, registry())
+        assert ei.value.reason == "malformed"
