@@ -226,4 +226,3 @@ SIGNAL_TO_HJ212: dict[tuple[str, str], str] = {(m.st, m.signal): m.code for m in
 def signal_map(st: str, code: str) -> SignalMap | None:
     """Mapping entry for a code at a site of system type ``st``; ``None`` if unmapped."""
     return _MAP_INDEX.get((st, code))
-
