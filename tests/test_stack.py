@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import MqttTestClient, stack_binaries_missing, start_test_stack
+from stack_helpers import MqttTestClient, stack_binaries_missing, start_test_stack
 
 from stationseal import stack as st
 from stationseal.cli import main as cli_main
