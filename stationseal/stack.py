@@ -766,7 +766,7 @@ def _is_alive(rec: Mapping[str, Any]) -> bool:
     only trusted if its command line still matches, so a recycled pid is never signalled."""
     pid = int(rec["pid"])
     child = _CHILDREN.get(pid)
-    if child is not None:
+    if child is not None and [str(a) for a in child.args] == list(rec.get("argv", [])):
         # Our own unreaped child: its pid cannot have been reused, and poll() is exact.
         # (Its /proc cmdline is briefly empty right after exec, so don't look there.)
         if child.poll() is None:
