@@ -23,7 +23,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "asm2540": ("accel", "settle", "stable", "fast", "full"),
     "vmas": ("trace",),
     "free_accel": ("purge", "measure"),
-    "lug_down": ("accel", "scan", "measure_100", "measure_80"),
+    "lug_down": ("accel", "scan", "settle_100", "measure_100", "settle_80", "measure_80"),
 }
 
 #: Phases whose seconds enter the result: the only seconds whose integrity decides a verdict.
@@ -45,6 +45,7 @@ EXPECTED_PHASE_SECONDS: dict[str, dict[str, int]] = {
     "asm5025": {"fast": 10},
     "asm2540": {"fast": 10},
     "vmas": {"trace": 195},
+    "free_accel": {"measure": 57},
     "lug_down": {"measure_100": 10, "measure_80": 10},
 }
 
@@ -123,7 +124,9 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _col(rows: Sequence[Mapping[str, float]], phases: Sequence[str], phase: str, sig: str) -> list[float]:
+def _col(
+    rows: Sequence[Mapping[str, float]], phases: Sequence[str], phase: str, sig: str
+) -> list[float]:
     return [r[sig] for r, p in zip(rows, phases, strict=True) if p == phase and sig in r]
 
 
