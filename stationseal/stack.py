@@ -78,7 +78,7 @@ _LEAF_DAYS: Final = 825
 
 #: Popen objects of processes started by this interpreter, kept so they can be reaped
 #: (a killed child stays a zombie, i.e. "alive" to kill(pid, 0), until its parent waits).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_CHILDREN: dict[int, tuple[subprocess.Popen[bytes], list[str]]] = {}
 
 
 class StackError(Exception):
@@ -765,8 +765,8 @@ def _is_alive(rec: Mapping[str, Any]) -> bool:
     """True if the recorded process still runs and is the one we started: a pid is
     only trusted if its command line still matches, so a recycled pid is never signalled."""
     pid = int(rec["pid"])
-    child = _CHILDREN.get(pid)
-    if child is not None and [str(a) for a in child.args] == list(rec.get("argv", [])):
+    child, child_argv = _CHILDREN.get(pid, (None, []))
+    if child is not None and child_argv == list(rec.get("argv", [])):
         # Our own unreaped child: its pid cannot have been reused, and poll() is exact.
         # (Its /proc cmdline is briefly empty right after exec, so don't look there.)
         if child.poll() is None:
@@ -811,7 +811,7 @@ def _spawn(lay: _Layout, component: str, argv: list[str]) -> dict[str, Any]:
             cwd=lay.root,
             env=env,
         )
-    _CHILDREN[p.pid] = p
+    _CHILDREN[p.pid] = (p, list(argv))
     rec = {"pid": p.pid, "argv": argv, "started": time.time()}
     _write_file(lay.pid_record(component), json.dumps(rec) + "\n")
     return rec

@@ -187,13 +187,17 @@ def test_mutual_tls_uses_certificate_cn_as_username(stack: st.StackInfo, mqtt_cl
 @pytest.mark.stack
 def test_mutual_tls_port_requires_client_certificate(stack: st.StackInfo) -> None:
     ctx = stack.tls_context()  # trusts the CA but has no client certificate
-    with socket.create_connection(("127.0.0.1", stack.mqtt_mtls_port), timeout=5) as raw, \
-            pytest.raises((ssl.SSLError, ConnectionResetError)):
-        s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-        # TLS 1.3 reports the missing certificate after the handshake: on first read.
-        s.sendall(b"\x10\x00")
-        if not s.recv(4):
-            raise ConnectionResetError("closed")
+
+    def connect_without_cert() -> None:
+        with socket.create_connection(("127.0.0.1", stack.mqtt_mtls_port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            # TLS 1.3 reports the missing certificate after the handshake: on first read.
+            s.sendall(b"\x10\x00")
+            if not s.recv(4):
+                raise ConnectionResetError("closed without a word")
+
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        connect_without_cert()
 
 
 # --------------------------------------------------------------------------- ACL
