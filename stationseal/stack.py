@@ -1030,7 +1030,7 @@ def _gateway_list(gateways: Iterable[str] | str) -> list[str]:
 def load_info(dir_or_json_path: str | os.PathLike[str]) -> StackInfo:
     """Read ``stack.json`` from a stack directory or from the file's own path."""
     p = Path(dir_or_json_path)
-    json_path = p / "stack.json" if p.is_dir() else p
+    json_path = p if p.suffix == ".json" or p.is_file() else p / "stack.json"
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
