@@ -1,0 +1,68 @@
+"""The instrument layer's public face: one protocol, one factory.
+
+The agent runtime sees every instrument the same way, whatever the wire::
+
+    inst = build_instrument(inst_cfg, profile, site_dir)
+    readings, events = await inst.poll()   # never raises for instrument trouble
+    await inst.close()
+
+``poll`` returns whatever the instrument produced since the previous call: for polled
+devices the answer to this poll's requests, for free-running serial devices every frame
+received meanwhile (each with its arrival time). Failures come back as events
+(``instrument_fault``, ``malformed_response``, then ``instrument_recovered``), which the
+runtime seals like readings. Back-off is internal: during it ``poll`` returns quickly
+with nothing, so the runtime may keep calling it on its schedule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from agent.config import InstrumentConfig, SerialTransport, SiteConfig
+from agent.modbus import DEFAULT_POOL, BusPool, ModbusInstrument
+from agent.profiles import Profile
+from agent.serial_reader import SerialInstrument
+from agent.yamlcfg import ConfigError
+from stationseal.records import Event, Reading
+
+__all__ = ["Instrument", "build_instrument", "build_instruments"]
+
+
+@runtime_checkable
+class Instrument(Protocol):
+    id: str
+    #: the instrument's entry of the site config (poll_interval_s, lane, ...)
+    config: InstrumentConfig
+
+    async def poll(self) -> tuple[list[Reading], list[Event]]: ...
+
+    async def close(self) -> None: ...
+
+
+def build_instrument(inst_cfg: InstrumentConfig, profile: Profile, site_dir: Path, *,
+                     buses: BusPool | None = None) -> Instrument:
+    """Make the reader for one configured instrument. No I/O happens here: ports and
+    connections are opened by the first ``poll`` (and reopened after failures), so a
+    missing device at start-up is an event, not a crash.
+
+    Modbus instruments on the same serial port or TCP endpoint share one client and lock
+    through ``buses`` (default: a process-wide pool).
+    """
+    if isinstance(inst_cfg.transport, SerialTransport):
+        if profile.protocol != "serial":
+            raise ConfigError(f"instrument {inst_cfg.id}: profile {profile.id} is "
+                              f"{profile.protocol}, transport is serial")
+        return SerialInstrument(inst_cfg, profile, site_dir)
+    if profile.protocol != "modbus":
+        raise ConfigError(f"instrument {inst_cfg.id}: profile {profile.id} is serial, "
+                          f"transport is {inst_cfg.transport.type}")
+    pool = buses or DEFAULT_POOL
+    return ModbusInstrument(inst_cfg, profile, pool.acquire(inst_cfg.transport), pool)
+
+
+def build_instruments(cfg: SiteConfig) -> list[Instrument]:
+    """Readers for every instrument of a site, sharing buses among themselves."""
+    pool = BusPool()
+    return [build_instrument(i, cfg.profile(i), cfg.site_dir, buses=pool)
+            for i in cfg.instruments]
