@@ -285,8 +285,32 @@ class SerialMessage(StrictModel):
     length: int | None = Field(default=None, ge=1, le=4096)
     #: ASCII: regular expression with named groups, matched against the whole payload
     regex: str | None = None
+    #: ASCII: how the instrument writes the payload, as a Python format string over the
+    #: group names (``{rpm:.1f}``) or token indexes (``{1:.2f}``); the simulator writes
+    #: frames with it, and it is checked against ``regex``/``separator`` at load time
+    format: str | None = None
     fields: list[SerialField] = Field(min_length=1)
     status: SerialStatus | None = None
+
+    def format_payload(self, values: dict[str, float], status: int) -> str:
+        """Render the payload text per ``format`` (simulator; load-time check)."""
+        assert self.format is not None
+        by_group: dict[str, float | int] = {}
+        by_index: dict[int, float | int] = {}
+        for f in self.fields:
+            v = values.get(f.signal, 0.0)
+            raw = (v - f.offset) / f.scale
+            if f.group is not None:
+                by_group[f.group] = raw
+            elif f.index is not None:
+                by_index[f.index] = raw
+        if self.status is not None:
+            if self.status.group is not None:
+                by_group[self.status.group] = status
+            elif self.status.index is not None:
+                by_index[self.status.index] = status
+        args = [by_index.get(i, "") for i in range(max(by_index, default=-1) + 1)]
+        return self.format.format(*args, **by_group)
 
     @field_validator("regex")
     @classmethod
@@ -336,6 +360,8 @@ class SerialSpec(StrictModel):
                                  "messages apart")
             if self.encoding == "ascii" and m.status and m.status.data_type:
                 raise ValueError(f"{where}.status.data_type: only for binary encoding")
+            if m.format is not None:
+                self._check_format(where, m)
             locators: list[tuple[str, SerialField | SerialStatus]] = [
                 (f"{where}.fields[{j}]", f) for j, f in enumerate(m.fields)]
             if m.status is not None:
@@ -347,6 +373,19 @@ class SerialSpec(StrictModel):
             if dup:
                 raise ValueError(f"{where}.fields: signal {sorted(dup)[0]} appears twice")
         return self
+
+    def _check_format(self, where: str, m: SerialMessage) -> None:
+        if self.encoding != "ascii":
+            raise ValueError(f"{where}.format: only for ASCII messages")
+        try:
+            text = m.format_payload({f.signal: f.offset + 1.0 * f.scale for f in m.fields}, 1)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"{where}.format: cannot be filled from the fields: {e!r}") \
+                from None
+        if not text.startswith(m.match.decode("latin-1")):
+            raise ValueError(f"{where}.format: output {text!r} does not start with match")
+        if m.regex is not None and re.fullmatch(m.regex, text) is None:
+            raise ValueError(f"{where}.format: output {text!r} does not match regex")
 
     def _check_locator(self, loc: str, f: SerialField | SerialStatus,
                        m: SerialMessage) -> None:
