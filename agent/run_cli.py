@@ -1,0 +1,113 @@
+"""`stationseal agent run` and `stationseal agent status` (wired into agent/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/stationseal/site.yaml"
+
+
+def _default_config() -> str:
+    return os.environ.get("STATIONSEAL_CONFIG", DEFAULT_CONFIG)
+
+
+def register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the gateway agent",
+                       description="Poll the configured instruments, seal every reading "
+                                   "into signed frames, keep them in the outbox and "
+                                   "publish them (docs/agent.md).")
+    p.add_argument("--config", default=_default_config(),
+                   help="site config YAML (default: $STATIONSEAL_CONFIG or "
+                        f"{DEFAULT_CONFIG})")
+    p.add_argument("--output", default=None, metavar="file:PATH",
+                   help="write frames to a JSON Lines file instead of the configured uplink")
+    p.add_argument("--log-level", default=os.environ.get("STATIONSEAL_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_run)
+
+
+def register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show the running agent's instruments, outbox, uplink",
+                       description="Read the status file the running agent writes next to "
+                                   "its outbox every few seconds.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", default=None,
+                   help="site config YAML (the status file is found beside its outbox; "
+                        f"default: $STATIONSEAL_CONFIG or {DEFAULT_CONFIG})")
+    g.add_argument("--status-file", default=None, help="status JSON file to read directly")
+    p.add_argument("--json", action="store_true", help="print the status document")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stationseal.cli import UsageError
+    from stationseal.signing import SigningError
+
+    from agent.config import ConfigError, load_site_config
+    from agent.outbox import OutboxError
+    from agent.runtime import Agent
+
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        # journald adds its own timestamps; a terminal user wants them
+        format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_site_config(args.config)
+    except FileNotFoundError:
+        raise UsageError(f"{args.config}: site config not found") from None
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        agent = Agent.from_config(cfg, output=args.output)
+        agent.open()
+    except (ValueError, SigningError, OutboxError, ConfigError) as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"{e.filename or args.config}: {e.strerror or e}") from None
+    asyncio.run(agent.run())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from stationseal.cli import UsageError
+
+    from agent.status import format_status, freshness, read_status, status_path_for
+
+    if args.status_file:
+        path = Path(args.status_file)
+    else:
+        from agent.config import ConfigError, load_site_config
+
+        cfg_path = args.config or _default_config()
+        try:
+            cfg = load_site_config(cfg_path)
+        except FileNotFoundError:
+            raise UsageError(f"{cfg_path}: site config not found") from None
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        path = status_path_for(cfg.outbox.path)
+    try:
+        doc = read_status(path)
+    except FileNotFoundError:
+        print(f"{path}: no status file: the agent has not run with this outbox",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"{path}: {e}", file=sys.stderr)
+        return 1
+    running, age = freshness(doc, time.time())
+    if args.json:
+        print(json.dumps({**doc, "running": running, "status_age_s": round(age, 1)},
+                         indent=2))
+    else:
+        print(format_status(doc))
+    return 0 if running else 1
