@@ -48,6 +48,18 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("obd_lambda", "1", "vehicle", "Lambda (equivalence ratio) read from the OBD port"),
     Signal("obd_load_pct", "%", "vehicle", "Calculated engine load read from the OBD port"),
     Signal("obd_odometer_km", "km", "vehicle", "Odometer read from the OBD port"),
+    # Lane controller (the lane's test program, read like an instrument; codes in
+    # stationseal/lanecodes.py). Text signals carry the unit "text".
+    Signal("lane_test_state", "1", "vehicle",
+           "Lane test state code: 0 idle, 1 testing, 2 finished, 3 aborted"),
+    Signal("lane_test_id", "1", "vehicle", "Serial number of the lane's current or last test"),
+    Signal("lane_method", "1", "vehicle", "Test method code of the current test"),
+    Signal("lane_phase", "1", "vehicle", "Phase code within the current test method"),
+    Signal("lane_result", "1", "vehicle", "Verdict of the last test: 0 none, 1 pass, 2 fail"),
+    Signal("lane_vehicle", "text", "vehicle", "Plate of the vehicle under test"),
+    Signal("lane_vin", "text", "vehicle", "VIN of the vehicle under test"),
+    Signal("lane_calid", "text", "vehicle", "OBD calibration id (CALID) read by the lane"),
+    Signal("lane_cvn", "text", "vehicle", "OBD calibration verification number (CVN)"),
     # Stack CEMS
     Signal("so2_mgm3", "mg/m³", "stack", "SO2 concentration in flue gas"),
     Signal("nox_mgm3", "mg/m³", "stack", "NOx concentration in flue gas (as NO2)"),
