@@ -1,0 +1,286 @@
+"""Configuration of the central ingest service (CENTRAL.yaml).
+
+Every section forbids unknown keys: a misspelt key in a production config must stop the
+service at start with the path of the key, not leave a default silently in force. Secrets
+may be given inline (tests, demos) or as ``*_file`` paths (production: the file is
+readable only by the service account, so the YAML can be shared for review).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file, key and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret(inline: str | None, path: Path | None, what: str) -> str | None:
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot read {path}: {e}") from None
+    return inline
+
+
+class TLSConfig(_Strict):
+    ca_file: Path | None = None
+    """CA bundle to trust; None uses the system trust store."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+    """Skip hostname checking (never in production; for brokers reached by IP)."""
+
+
+class MQTTConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls: TLSConfig | None = TLSConfig()
+    username: str | None = "ingest"
+    password: str | None = None
+    password_file: Path | None = None
+    client_id: str = Field(default="stationseal-ingest", min_length=1, max_length=64)
+    """Fixed: the broker keeps the persistent session (subscriptions and queued QoS 1
+    frames) under this id while ingest is down. With several workers ``-<index>`` is
+    appended."""
+    topic_prefix: str = "stationseal/v1"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
+    """How long the broker keeps the session (and queues frames) after ingest goes away."""
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    """Unacknowledged frames the broker may have in flight to this worker: the bound on
+    what ingest holds in memory before it stops reading (backpressure)."""
+    alerts_qos: Literal[0, 1] = 1
+
+    def resolved_password(self) -> str | None:
+        return _secret(self.password, self.password_file, "mqtt.password_file")
+
+
+class InfluxConfig(_Strict):
+    version: Literal[1, 2] = 1
+    """1: InfluxDB 1.x HTTP API v1 (/write, database + retention policy). 2: the v2 write
+    API (/api/v2/write, org + bucket + token), served by InfluxDB 2.x and 3.x."""
+    url: str = "http://127.0.0.1:8086"
+    database: str = "stationseal"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    create_database: bool = False
+    """v1 only: ``CREATE DATABASE`` at start (idempotent); needs admin rights."""
+    org: str | None = None
+    bucket: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+    batch_lines: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _v2_needs(self) -> InfluxConfig:
+        if self.version == 2:
+            missing = [k for k in ("org", "bucket") if not getattr(self, k)]
+            if not (self.token or self.token_file):
+                missing.append("token or token_file")
+            if missing:
+                raise ValueError(f"version 2 needs {', '.join(missing)}")
+        return self
+
+    def resolved_password(self) -> str | None:
+        return _secret(self.password, self.password_file, "influx.password_file")
+
+    def resolved_token(self) -> str | None:
+        return _secret(self.token, self.token_file, "influx.token_file")
+
+
+class ShardConfig(_Strict):
+    count: int = Field(default=1, ge=1, le=1024)
+    """Worker processes. Each gateway is owned by exactly one worker (crc32 of the gateway
+    id modulo count), so its frames are processed in order by one chain tracker."""
+    mode: Literal["filter", "shared"] = "filter"
+    """filter: every worker subscribes to all frames with its own persistent session and
+    acknowledges other workers' gateways unprocessed (works on any broker). shared: one
+    shared subscription ``$share/<group>/...``; only correct on a broker that dispatches
+    shared subscriptions by topic hash (EMQX ``hash_topic``), see docs/scaling.md."""
+    share_group: str = "stationseal-ingest"
+
+
+class ChainConfig(_Strict):
+    gap_grace_s: float = Field(default=300.0, ge=0)
+    """A missing sequence is reported after this long: live frames overtake backfill."""
+    gap_check_interval_s: float = Field(default=5.0, gt=0)
+
+
+class WebhookConfig(_Strict):
+    url: str
+    secret: str | None = None
+    secret_file: Path | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def resolved_secret(self) -> str | None:
+        return _secret(self.secret, self.secret_file, f"webhook {self.url}: secret_file")
+
+
+class AlertsConfig(_Strict):
+    mqtt: bool = True
+    """Publish alerts on ``<topic_prefix>/alerts/<site>`` (JSON, QoS 1)."""
+    influx: bool = True
+    jsonl: Path | None = None
+    webhooks: list[WebhookConfig] = []
+    webhook_max_backoff_s: float = Field(default=600.0, gt=0)
+    integrity_min_severity: Literal["low", "medium", "high"] = "medium"
+    """Integrity events at or above this severity raise an alert (duplicates are low: they
+    are counted and stored, not alerted)."""
+
+
+class DetectionConfig(_Strict):
+    enabled: bool = False
+    """Feed verified samples and events to ingest.detectors.engine.DetectionEngine."""
+    sites: Path | None = None
+    """SITES.yaml (site kinds, limits, neighbours); required when enabled."""
+    params: Path | None = None
+    """PARAMS.yaml with per-rule parameter overrides."""
+    rules: list[str] | None = None
+    """Rule ids to run (default: all)."""
+    reorder_s: float = Field(default=120.0, ge=0)
+    """Samples are held this long per instrument and released in time order, because
+    backfill arrives behind live data."""
+    merge_gap_s: float = Field(default=6 * 3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sites_needed(self) -> DetectionConfig:
+        if self.enabled and self.sites is None:
+            raise ValueError("enabled detection needs sites (path of SITES.yaml)")
+        return self
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+    """0 picks a free port (tests). With several workers, worker k listens on port+1+k
+    and the supervisor on port serves all workers' metrics and the combined health."""
+
+
+class IngestConfig(_Strict):
+    mqtt: MQTTConfig = MQTTConfig()
+    influx: InfluxConfig = InfluxConfig()
+    registry: Path
+    registry_check_s: float = Field(default=2.0, gt=0)
+    """How often the key registry's mtime is checked; a changed file is reloaded."""
+    state_dir: Path
+    """SQLite state: chain trackers, quarantine, webhook outbox, rejected writes, alerts."""
+    archive_dir: Path | None = None
+    """If set, every accepted frame is appended to a daily frames file (export format)
+    there, so the evidence a court needs survives independently of InfluxDB."""
+    shard: ShardConfig = ShardConfig()
+    chain: ChainConfig = ChainConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    detection: DetectionConfig = DetectionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "ingest.db"
+
+
+def shard_of(gateway_id: str, count: int) -> int:
+    """Stable across processes and Python versions (unlike ``hash()``)."""
+    return zlib.crc32(gateway_id.encode("utf-8")) % count if count > 1 else 0
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: Any, source: str = "<config>", base: Path | None = None) -> IngestConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    try:
+        cfg = IngestConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            where = _loc(tuple(err["loc"]))
+            val = err.get("input")
+            shown = "" if isinstance(val, dict) else f" (got {val!r})"
+            msgs.append(f"{source}: {where}: {err['msg']}{shown}")
+        raise ConfigError("\n".join(msgs)) from None
+    if base is not None:
+        cfg = _rebase(cfg, base)
+    return cfg
+
+
+def _rebase(cfg: IngestConfig, base: Path) -> IngestConfig:
+    """Relative paths in a config file are relative to that file, not to the cwd."""
+
+    def fix(model: BaseModel) -> BaseModel:
+        upd: dict[str, Any] = {}
+        for name in type(model).model_fields:
+            v = getattr(model, name)
+            if isinstance(v, Path) and not v.is_absolute():
+                upd[name] = base / v
+            elif isinstance(v, BaseModel):
+                upd[name] = fix(v)
+            elif isinstance(v, list) and v and isinstance(v[0], BaseModel):
+                upd[name] = [fix(x) for x in v]
+        return model.model_copy(update=upd) if upd else model
+
+    out = fix(cfg)
+    assert isinstance(out, IngestConfig)
+    return out
+
+
+def load_config(path: str | Path) -> IngestConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: cannot read: {e}") from None
+    return parse_config(data, str(p), p.resolve().parent)
+
+
+def config_from_stack(info: Any, registry: Path, state_dir: Path, **over: Any) -> IngestConfig:
+    """A config that talks to a local stack (``stationseal.stack.StackInfo``): used by the
+    demo, tests and benchmarks so they need not write YAML."""
+    data: dict[str, Any] = {
+        "mqtt": {
+            "host": info.mqtt_host,
+            "port": info.mqtt_port,
+            "tls": {"ca_file": str(info.ca_file)},
+            "username": info.ingest.username,
+            "password_file": str(info.ingest.password_file),
+            "topic_prefix": info.topic_prefix,
+        },
+        "influx": {"version": 1, "url": info.influx_url, "database": info.influx_database},
+        "registry": str(registry),
+        "state_dir": str(state_dir),
+        "metrics": {"port": 0},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return parse_config(data, "<stack config>")
+
+
+def dump_config(cfg: IngestConfig) -> dict[str, Any]:
+    """JSON-able form, e.g. to hand the same config to worker processes."""
+    return cfg.model_dump(mode="json")

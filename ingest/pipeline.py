@@ -1,0 +1,350 @@
+"""One frame in: verified, chain-checked, converted; shared by live ingest and import.
+
+The pipeline is single-threaded by design: a gateway's frames must pass the chain
+tracker and the detectors in order, and the tracker state that is persisted with a batch
+must describe exactly the frames in the batches written so far. It accumulates a
+:class:`Batch` (lines, acknowledgements, state changes); the caller writes the batch and
+only then commits it (see ingest/service.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ingest.alerts import SEVERITY_RANK, AlertBook, AlertUpdate, integrity_alert
+from ingest.config import IngestConfig
+from ingest.convert import LineBuilder, alert_line, frame_records, integrity_event, integrity_line
+from ingest.detectors.base import Alert
+from ingest.engine_hook import EngineAlert
+from ingest.metrics import Metrics
+from ingest.store import Store
+from stationseal.chain import ChainTracker
+from stationseal.export import gateway_of_topic, line_for
+from stationseal.frame import Frame
+from stationseal.keys import KeyRegistry, RegistryError
+from stationseal.records import Sample, SiteEvent
+from stationseal.verify import Rejected, verify_payload
+
+log = logging.getLogger("stationseal.ingest")
+
+#: Severity of each integrity finding. Duplicates are what QoS 1 does by design; a
+#: verification failure or a second history is what tampering looks like.
+SEVERITY: dict[str, str] = {
+    "duplicate": "low",
+    "gap": "medium",
+    "bad_drop_event": "medium",
+    "replay": "high",
+    "fork": "high",
+    "sequence_reset": "high",
+    "malformed": "medium",
+    "schema": "medium",
+    "bad_signature": "high",
+    "unknown_key": "high",
+    "revoked_key": "high",
+    "key_not_yet_valid": "medium",
+    "key_expired": "medium",
+    "gateway_mismatch": "high",
+    "topic_mismatch": "high",
+    "storage_rejected": "medium",
+}
+
+#: Engine adapter: records in, alert updates out (ingest.engine_hook.EngineHook).
+EngineFn = Callable[[list[Sample | SiteEvent]], list[EngineAlert]]
+
+
+@dataclass(slots=True)
+class Batch:
+    lines: list[str] = field(default_factory=list)
+    acks: list[tuple[int, int, int]] = field(default_factory=list)
+    chain: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outbox: list[tuple[str, bytes]] = field(default_factory=list)
+    alert_rows: list[tuple[str, str, int, float, float]] = field(default_factory=list)
+    alert_updates: list[AlertUpdate] = field(default_factory=list)
+    archive: list[tuple[float, str]] = field(default_factory=list)
+    messages: int = 0
+    frames: int = 0
+    readings: int = 0
+    created: list[float] = field(default_factory=list)
+    opened: float = field(default_factory=time.monotonic)
+
+    def empty(self) -> bool:
+        return not (self.lines or self.acks or self.chain or self.alert_rows)
+
+
+class RegistryWatcher:
+    """Reloads the key registry when its file changes (mtime, size or inode: ``save``
+    replaces the file atomically, so the inode changes even within one mtime tick)."""
+
+    def __init__(self, path: Path, interval_s: float, metrics: Metrics):
+        self.path = path
+        self.interval = interval_s
+        self.metrics = metrics
+        self.registry = KeyRegistry.load(path)
+        self._sig = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def maybe_reload(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if not force and now - self._checked < self.interval:
+            return False
+        self._checked = now
+        sig = self._stat()
+        if sig == self._sig or sig is None:
+            return False
+        try:
+            reg = KeyRegistry.load(self.path)
+        except RegistryError as e:
+            # Keep verifying with the last good registry: a half-edited file must not
+            # turn every frame into "unknown key".
+            log.error("key registry not reloaded, keeping the previous one: %s", e)
+            self.metrics.inc("registry_reloads_total", result="error")
+            self._sig = sig
+            return False
+        self.registry = reg
+        self._sig = sig
+        self.metrics.inc("registry_reloads_total", result="ok")
+        log.info("key registry reloaded from %s (%d keys)", self.path, len(reg.entries))
+        return True
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: IngestConfig,
+        store: Store,
+        metrics: Metrics,
+        *,
+        source: str = "mqtt",
+        engine: EngineFn | None = None,
+    ):
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.source = source
+        self.engine = engine
+        self.registry = RegistryWatcher(cfg.registry, cfg.registry_check_s, metrics)
+        self.trackers: dict[str, ChainTracker] = {}
+        #: Last site each gateway reported (gaps are found between frames).
+        self.sites: dict[str, str] = {}
+        self.dirty: set[str] = set()
+        self.builder = LineBuilder()
+        self.book = AlertBook(store)
+        self.batch = Batch()
+        self.webhook_urls = [h.url for h in cfg.alerts.webhooks]
+        self.min_rank = SEVERITY_RANK[cfg.alerts.integrity_min_severity]
+        self._ts_tiebreak = 0
+        self._last_gap_check = time.monotonic()
+
+    # -- per message ----------------------------------------------------------------
+    def skip(self, ack: tuple[int, int, int]) -> None:
+        """A message this worker does not own: acknowledged in order with the others."""
+        self.batch.acks.append(ack)
+        self.batch.messages += 1
+        self.metrics.inc("frames_total", result="other_shard")
+
+    def handle(
+        self,
+        topic: str | None,
+        payload: bytes,
+        received: float,
+        ack: tuple[int, int, int] | None = None,
+    ) -> str:
+        """Process one message; returns the outcome (for import statistics)."""
+        b = self.batch
+        b.messages += 1
+        if ack is not None:
+            b.acks.append(ack)
+        self.registry.maybe_reload()
+        topic_gw = gateway_of_topic(topic) if topic else None
+        if topic and topic_gw is None:
+            self._quarantine(topic, payload, received, "topic_mismatch",
+                             f"topic {topic!r} is not <prefix>/<gateway>/frames", None)
+            return "quarantined"
+        try:
+            f = verify_payload(payload, self.registry.registry, topic_gw)
+        except Rejected as e:
+            self._quarantine(topic, payload, received, e.reason, e.detail, e.frame)
+            return "quarantined"
+
+        gw = f.gateway_id
+        self.sites[gw] = f.site
+        tracker = self._tracker(gw)
+        conflict = f.seq in tracker.received
+        is_new, issues = tracker.observe(f, now=received)
+        self.dirty.add(gw)
+        kinds = {i.kind for i in issues}
+        for iss in issues:
+            self._integrity(iss.kind, f.site, gw, iss.seq, received, iss.detail)
+        if "replay" in kinds:
+            # The sequence was received long ago and its hash is no longer remembered:
+            # the readings are not stored again, the frame is kept as evidence.
+            self._quarantine(topic, payload, received, "replay",
+                             f"seq {f.seq} already received", f, integrity=False)
+            return "replay"
+        branch = ""
+        if is_new and conflict:
+            # A second history for sequence numbers already stored: stored apart (own
+            # series via the branch tag), never over the first one.
+            branch = (f"reset-{f.boot_id.hex()[:8]}" if "sequence_reset" in kinds
+                      else f"fork-{f.frame_hash.hex()[:8]}")
+        # Duplicates are written again on purpose: the points are identical, so this
+        # costs nothing in the database and guarantees that a frame whose first write
+        # was interrupted by a crash is stored.
+        b.lines += self.builder.frame_lines(f, branch)
+        b.frames += 1
+        b.readings += len(f.readings)
+        b.created.append(f.created)
+        if not is_new:
+            self.metrics.inc("frames_total", result="duplicate")
+            return "duplicate"
+        self.metrics.inc("frames_total", result="fork" if branch else "accepted")
+        if self.cfg.archive_dir is not None:
+            b.archive.append((received, line_for(topic or f"stationseal/v1/{gw}/frames",
+                                                 payload)))
+        if self.engine is not None and not branch:
+            self._feed(frame_records(f))
+        return "fork" if branch else "accepted"
+
+    def _tracker(self, gw: str) -> ChainTracker:
+        t = self.trackers.get(gw)
+        if t is None:
+            st = self.store.load_chain(gw)
+            t = ChainTracker.from_json(st) if st is not None else ChainTracker(gw)
+            self.trackers[gw] = t
+        return t
+
+    def _quarantine(
+        self,
+        topic: str | None,
+        payload: bytes,
+        received: float,
+        reason: str,
+        detail: str,
+        f: Frame | None,
+        integrity: bool = True,
+    ) -> None:
+        gw = f.gateway_id if f is not None else (gateway_of_topic(topic) if topic else None)
+        site = f.site if f is not None else None
+        seq = f.seq if f is not None else None
+        qid = self.store.quarantine(
+            received=received, source=self.source, topic=topic, reason=reason,
+            detail=detail, payload=payload, gateway_id=gw, site=site, seq=seq,
+            key_id=f.key_id if f is not None else None,
+        )
+        self.metrics.inc("verification_failures_total", reason=reason)
+        self.metrics.inc("frames_total", result="quarantined")
+        log.warning("quarantined #%d from %s: %s: %s", qid, topic or self.source, reason,
+                    detail)
+        if integrity:
+            self._integrity(reason, site, gw, seq, received,
+                            {"detail": detail, "quarantine_id": qid}, quarantine_id=qid)
+
+    def _integrity(
+        self,
+        kind: str,
+        site: str | None,
+        gw: str | None,
+        seq: int | None,
+        when: float,
+        detail: dict[str, Any],
+        quarantine_id: int | None = None,
+    ) -> None:
+        sev = SEVERITY.get(kind, "medium")
+        self._ts_tiebreak = (self._ts_tiebreak + 1) % 1000
+        ts = int(when * 1000) * 1_000_000 + self._ts_tiebreak * 1000
+        self.batch.lines.append(integrity_line(
+            kind=kind, severity=sev, site=site, gateway=gw, seq=seq, detail=detail,
+            ts_ns=ts, quarantine_id=quarantine_id))
+        if quarantine_id is None:
+            self.metrics.inc("chain_events_total", kind=kind)
+        if SEVERITY_RANK[sev] >= self.min_rank:
+            self.emit(integrity_alert(kind, sev, site, gw, seq, when, detail))
+        if self.engine is not None:
+            self._feed([integrity_event(kind, site, gw, seq, when, detail)])
+
+    def _feed(self, records: list[Sample | SiteEvent]) -> None:
+        assert self.engine is not None
+        try:
+            out = self.engine(records)
+        except Exception:
+            log.exception("detection engine failed on %d record(s)", len(records))
+            self.metrics.inc("alerts_total", rule="engine_error", state="error")
+            return
+        for ea in out:
+            self.deliver(self.book.upsert(ea.id, ea.doc, ea.start, ea.is_new))
+
+    def emit(self, alert: Alert) -> AlertUpdate:
+        return self.deliver(self.book.update(alert))
+
+    def deliver(self, u: AlertUpdate) -> AlertUpdate:
+        b = self.batch
+        b.alert_updates.append(u)
+        b.alert_rows.append(self.book.row(u))
+        if self.cfg.alerts.influx:
+            b.lines.append(alert_line(u.doc, u.start))
+        body = u.body()
+        for url in self.webhook_urls:
+            b.outbox.append((url, body))
+        self.metrics.inc("alerts_total", rule=str(u.doc.get("rule")), state=str(u.doc["state"]))
+        return u
+
+    # -- periodic -------------------------------------------------------------------
+    def check_gaps(self, now: float | None = None, grace_s: float | None = None,
+                   force: bool = False) -> int:
+        mono = time.monotonic()
+        if not force and mono - self._last_gap_check < self.cfg.chain.gap_check_interval_s:
+            return 0
+        self._last_gap_check = mono
+        now = time.time() if now is None else now
+        grace = self.cfg.chain.gap_grace_s if grace_s is None else grace_s
+        n = 0
+        for gw, t in self.trackers.items():
+            if not t.pending:
+                continue
+            for iss in t.overdue_gaps(now, grace):
+                self._integrity("gap", self.sites.get(gw), gw, iss.seq, now, iss.detail)
+                n += 1
+            self.dirty.add(gw)
+        return n
+
+    def seal(self) -> Batch:
+        """Close the current batch, with a snapshot of the trackers it changed."""
+        b = self.batch
+        for gw in self.dirty:
+            b.chain[gw] = self.trackers[gw].to_json()
+        self.dirty.clear()
+        self.batch = Batch()
+        return b
+
+
+def archive_path(archive_dir: Path, when: float) -> Path:
+    return archive_dir / f"frames-{datetime.fromtimestamp(when, UTC):%Y-%m-%d}.jsonl"
+
+
+def write_archive(archive_dir: Path, items: list[tuple[float, str]]) -> None:
+    """Append accepted frames to the daily frames files (export format)."""
+    if not items:
+        return
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    by_file: dict[Path, list[str]] = {}
+    for when, ln in items:
+        by_file.setdefault(archive_path(archive_dir, when), []).append(ln)
+    for p, lines in by_file.items():
+        with open(p, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
