@@ -99,6 +99,8 @@ class StreamDecoder:
         buf = self._buf
         while buf:
             start = buf.find(b"##")
+            while start >= 0 and buf[start + 2 : start + 3] == b"#":
+                start += 1  # in '###0101' the frame starts at the last two
             if start != 0:
                 if start < 0:
                     start = len(buf) - 1 if buf.endswith(b"#") else len(buf)
@@ -116,9 +118,11 @@ class StreamDecoder:
                 out.append(self._broken(self._resync_point(1)))
                 continue
             total = OVERHEAD + int(length_field)
-            early_crlf = buf.find(b"\r\n", 6, min(len(buf), total - 2) + 1)
+            early_crlf = buf.find(b"\r\n", 6, min(len(buf), total - 1))
             if 0 <= early_crlf < total - 2:
-                out.append(self._broken(early_crlf + 2))
+                # No frame has CR LF inside: this one is broken. Cut at that CR LF or
+                # at the next '##' if one comes first, so a frame behind is not eaten.
+                out.append(self._broken(self._resync_point(1)))
                 continue
             if len(buf) < total:
                 break
