@@ -8,7 +8,8 @@ It samples a value source every real-time interval and sends, like a real logger
 
 with DataTime of aggregates set to the start of their period. When the A bit is set it
 waits for the platform's 9014 answer and resends (same QN) after ``ack_timeout``, up to
-``retries`` times, reconnecting if the connection drops. Platform requests get the
+``retries`` times, reconnecting if the connection drops. A frame too long for one packet
+(many channels, or SM4 hex doubling the CP) goes out as PNUM/PNO packets. Platform requests get the
 standard 9011/9012 exchange for the few commands a simulator can honour (1011 get time,
 1012 set time, 1061 get / 1062 set the real-time interval); others are refused
 (QnRtn=2).
@@ -61,6 +62,7 @@ from stationseal.hj212 import (
     notification_answer,
     parse_data_time,
     request_answer,
+    split_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -347,37 +349,44 @@ class HJ212Logger:
         measured: dict[str, dict[str, float | str]],
         reported: dict[str, dict[str, float | str]],
     ) -> SentRecord:
-        """Send one data frame, wait for its answer if requested, record it in history."""
+        """Send one data frame (as packets if too long), wait for answers if requested,
+        and record it in history."""
         frame = self._frame(cn, data_time, reported)
-        wire = frame.encode(self.sm4_key)
+        wires = [part.encode(self.sm4_key) for part in split_frame(frame, sm4_key=self.sm4_key)]
+        qn = frame.qn or ""
         record = SentRecord(
-            cn, frame.qn or "", format_data_time(data_time), measured, reported, wire
+            cn, qn, format_data_time(data_time), measured, reported, b"".join(wires)
         )
         self.history.append(record)
         if not self.ack:
             record.attempts = 1
-            await self._write(wire)
+            for wire in wires:
+                await self._write(wire)
             return record
-        record.acked = False
+        record.acked = True
+        for wire in wires:
+            acked, attempts = await self._send_answered(qn, wire)
+            record.acked = record.acked and acked
+            record.attempts = max(record.attempts, attempts)
+        return record
+
+    async def _send_answered(self, qn: str, wire: bytes) -> tuple[bool, int]:
+        """Send until the 9014 with this QN arrives; (answered, attempts)."""
         loop = asyncio.get_running_loop()
         for attempt in range(1, self.retries + 2):
-            record.attempts = attempt
             waiter: asyncio.Future[Frame] = loop.create_future()
-            self._waiting[record.qn] = waiter
+            self._waiting[qn] = waiter
             try:
                 await self._write(wire)
                 await asyncio.wait_for(waiter, self.ack_timeout)
-                record.acked = True
-                break
+                return True, attempt
             except (TimeoutError, ConnectionError, OSError) as e:
-                log.info(
-                    "logger %s: QN=%s attempt %d unanswered: %r", self.mn, record.qn, attempt, e
-                )
+                log.info("logger %s: QN=%s try %d unanswered: %r", self.mn, qn, attempt, e)
                 if self._writer is not None and self._writer.is_closing():
                     await self.close()
             finally:
-                self._waiting.pop(record.qn, None)
-        return record
+                self._waiting.pop(qn, None)
+        return False, self.retries + 1
 
     async def tick(self) -> list[SentRecord]:
         """Advance the clock one interval, sample, and send whatever is due."""

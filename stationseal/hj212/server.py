@@ -96,16 +96,21 @@ class HJ212Listener:
         self._server = await asyncio.start_server(self._accept, self.host, self._port)
         log.info("HJ 212 listener on %s:%d", self.host, self.port)
 
-    async def stop(self) -> None:
-        """Stop accepting, close every connection and wait for their tasks to end."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection and wait for their handlers to finish.
+
+        A handler still busy in ``on_frame`` after ``timeout`` seconds is cancelled.
+        """
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
             conn.close()
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -142,6 +147,10 @@ class HJ212Listener:
                     await self._dispatch(item, conn)
             for error in decoder.close():
                 await self._dispatch(error, conn)
+        except asyncio.CancelledError:
+            # Only stop() cancels, after its timeout; ending quietly keeps asyncio's
+            # server callback from logging the cancellation as an error.
+            log.warning("HJ 212 connection %s cancelled while busy", conn.peer)
         finally:
             self.connections.discard(conn)
             self._tasks.discard(task)
