@@ -1,0 +1,119 @@
+"""Read registers once and show every plausible decoding, to write a profile from.
+
+Vendor manuals disagree on address bases and on byte/word order; guessing them wrong is
+the classic Modbus integration bug. ``stationseal agent probe`` reads raw registers and
+prints them with their decodings in the four word orders (docs/profiles.md), so the
+right ``word_order`` is the row showing the value on the instrument's display.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from agent.codec import decode_number, registers_to_bytes
+from agent.config import ModbusRtuTransport, ModbusTcpTransport
+from agent.modbus import BusError, ModbusBus
+from agent.profiles import FUNCTION_CODES
+
+ORDERS = ("ABCD", "BADC", "CDAB", "DCBA")
+
+
+class ProbeError(Exception):
+    pass
+
+
+@dataclass
+class ProbeResult:
+    register: str
+    address: int
+    unit: int
+    #: 16-bit words (holding/input) or 0/1 (coil/discrete)
+    values: list[int]
+
+
+async def probe_read(*, register: str, address: int, count: int, unit: int = 1,
+                     host: str | None = None, port: int = 502, serial_port: str | None = None,
+                     baudrate: int = 9600, parity: str = "N", stopbits: int = 1,
+                     bytesize: int = 8, timeout: float = 2.0) -> ProbeResult:
+    """One read over TCP (``host``) or RTU (``serial_port``); raises ProbeError with the
+    reason (timeout, exception response, connection)."""
+    if (host is None) == (serial_port is None):
+        raise ProbeError("give either a TCP host or a serial port")
+    if register not in FUNCTION_CODES:
+        raise ProbeError(f"register type {register!r}: one of {', '.join(FUNCTION_CODES)}")
+    limit = 2000 if register in ("coil", "discrete") else 125
+    if not 1 <= count <= limit or not 0 <= address <= 65535 or address + count > 65536:
+        raise ProbeError(f"count must be 1..{limit} and address+count within 0..65536")
+    transport: ModbusTcpTransport | ModbusRtuTransport
+    if host is not None:
+        transport = ModbusTcpTransport.model_validate({"type": "modbus_tcp", "host": host,
+                                                       "port": port})
+    else:
+        transport = ModbusRtuTransport.model_validate({
+            "type": "modbus_rtu", "port": serial_port, "baudrate": baudrate, "parity": parity,
+            "stopbits": stopbits, "bytesize": bytesize})
+    bus = ModbusBus(transport)
+    what = f"{register} {address}..{address + count - 1} unit {unit}"
+    try:
+        resp = await bus.request(FUNCTION_CODES[register], address, count, unit, timeout, 0.0,
+                                 what)
+    except BusError as e:
+        raw = e.detail.get("raw")
+        raise ProbeError(e.error + (f" (received {raw})" if raw else "")) from None
+    finally:
+        bus.close()
+    if register in ("coil", "discrete"):
+        values = [int(b) for b in resp.bits[:count]]
+    else:
+        values = list(resp.registers)
+    return ProbeResult(register, address, unit, values)
+
+
+def _fmt(v: float | int, digits: int) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def format_probe(res: ProbeResult) -> str:
+    """Raw values, then 32-bit and 64-bit decodings at every start address."""
+    n = len(res.values)
+    lines = [f"{res.register} {res.address}..{res.address + n - 1} unit {res.unit} "
+             "(0-based protocol addresses: a manual's 40001 / 30001 / 1 is address 0)"]
+    if res.register in ("coil", "discrete"):
+        lines.append("addr   bit")
+        lines += [f"{res.address + i:<6} {b}" for i, b in enumerate(res.values)]
+        return "\n".join(lines) + "\n"
+    lines.append(f"{'addr':<6} {'hex':<6} {'uint16':>6} {'int16':>6}")
+    for i, w in enumerate(res.values):
+        lines.append(f"{res.address + i:<6} {w:04X}   {w:>6} {w - 65536 if w > 32767 else w:>6}")
+    raw = registers_to_bytes(res.values)
+    if n >= 2:
+        lines.append("")
+        lines.append("32-bit values (word order: bytes A B C D of the value, most significant "
+                     "first, as they arrive)")
+        lines.append(f"{'addr':<6} {'order':<5} {'float32':>16} {'int32':>12} {'uint32':>11}")
+        for i in range(n - 1):
+            chunk = raw[2 * i:2 * i + 4]
+            for order in ORDERS:
+                f = decode_number("float32", order, chunk)
+                s = decode_number("int32", order, chunk)
+                u = decode_number("uint32", order, chunk)
+                addr = str(res.address + i) if order == "ABCD" else ""
+                lines.append(f"{addr:<6} {order:<5} {_fmt(f, 9):>16} {s:>12} {u:>11}")
+    if n >= 4:
+        lines.append("")
+        lines.append("64-bit values (ABCD = AB CD EF GH, BADC = BA DC FE HG, "
+                     "CDAB = GH EF CD AB, DCBA = HG FE DC BA)")
+        lines.append(f"{'addr':<6} {'order':<5} {'float64':>24} {'int64':>21}")
+        for i in range(n - 3):
+            chunk = raw[2 * i:2 * i + 8]
+            for order in ORDERS:
+                f = decode_number("float64", order, chunk)
+                s = decode_number("int64", order, chunk)
+                addr = str(res.address + i) if order == "ABCD" else ""
+                lines.append(f"{addr:<6} {order:<5} {_fmt(f, 17):>24} {s:>21}")
+    return "\n".join(lines) + "\n"
