@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ingest_support import (
+    Gateway,
+    create_db,
+    drop_session,
+    gateway_publisher,
+    influx_count,
+    influx_query,
+    publish_all,
+    wait_for,
+)
 
 from ingest.config import config_from_stack
 from ingest.metrics import fetch
@@ -20,16 +30,6 @@ from stationseal.frame import Frame, decode, encode_body
 from stationseal.keys import KeyRegistry
 from stationseal.records import Reading
 from stationseal.stack import StackInfo, load_info
-from tests.ingest_support import (
-    Gateway,
-    create_db,
-    drop_session,
-    gateway_publisher,
-    influx_count,
-    influx_query,
-    publish_all,
-    wait_for,
-)
 
 pytestmark = [pytest.mark.stack]
 
@@ -174,8 +174,8 @@ def test_two_workers_share_gateways_in_order(stack: StackInfo, tmp_path: Path,
                                              new_gateway: Any) -> None:
     reg = KeyRegistry()
     ids = ("gw-shard-0", "gw-shard-1", "gw-shard-4", "gw-test-1")  # shards 0, 0, 1, 1
-    for g in ids[:3]:
-        new_gateway(g)
+    for gid in ids[:3]:
+        new_gateway(gid)
     info = load_info(stack.dir)
     gws = [Gateway(g, tmp_path / g, reg) for g in ids]
     reg_path = tmp_path / "registry.json"
@@ -235,8 +235,9 @@ def test_two_workers_share_gateways_in_order(stack: StackInfo, tmp_path: Path,
 
 
 def test_line_protocol_escaping_round_trips_through_influxdb(stack: StackInfo) -> None:
+    from ingest_support import influx_query as q
+
     from ingest.lineproto import line
-    from tests.ingest_support import influx_query as q
 
     db = "t_escape"
     create_db(stack.influx_url, db)
