@@ -136,6 +136,7 @@ class Agent:
         self.transport: Transport | None = None
         self._seal_progress = time.monotonic()
         self._last_sealed = time.monotonic()
+        self._stopped = False
 
     @classmethod
     def from_config(cls, cfg: SiteConfig, *, output: str | None = None,
@@ -288,6 +289,7 @@ class Agent:
         await asyncio.to_thread(self.transport.stop, 5.0)
         await asyncio.sleep(0)  # run acknowledgements the uplink thread scheduled last
         self._delete_delivered()
+        self._stopped = True
         self._write_status()
         self.outbox.close()
         self.notifier.close()
@@ -421,6 +423,7 @@ class Agent:
             "started": to_rfc3339(self.started),
             "updated": to_rfc3339(now),
             "updated_unix": now,
+            "state": "stopped" if self._stopped else "running",
             "interval_s": self.options.status_interval_s,
             "clock": {"sync": self.clock.sync_state, "jumps": self.clock.jumps,
                       "last_jump_s": self.clock.last_jump_s},

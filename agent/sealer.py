@@ -165,7 +165,7 @@ class Sealer:
         if drops:
             events = [*events, *(d.event(created) for d in drops)]
             frame = self._seal(seq, created, readings, events)
-            log.warning("outbox full: dropped %s", ", ".join(
+            log.warning("outbox bound reached: dropped %s", ", ".join(
                 f"seq {d.first_seq}..{d.last_seq} ({d.frames} frames, {d.readings} readings)"
                 for d in drops))
         delivered = fw.take_delivered() if fw is not None else []

@@ -125,7 +125,8 @@ def freshness(doc: dict[str, Any], now: float | None = None) -> tuple[bool, floa
     now = time.time() if now is None else now
     age = now - float(doc.get("updated_unix", 0))
     interval = float(doc.get("interval_s", 5))
-    running = age <= 3 * interval + 2 and pid_alive(int(doc.get("pid", 0) or 0))
+    running = (doc.get("state") != "stopped" and age <= 3 * interval + 2
+               and pid_alive(int(doc.get("pid", 0) or 0)))
     return running, age
 
 
