@@ -195,14 +195,15 @@ def test_failed_handler_is_not_answered_and_the_logger_resends() -> None:
 
     async def scenario() -> HJ212Logger:
         async with platform.listener:
-            logger = logger_for(platform, ack_timeout=0.2, minute_period=None, hour_period=None)
+            logger = logger_for(platform, ack_timeout=0.5, minute_period=None, hour_period=None)
             async with logger:
-                await logger.run(ticks=3)
+                await logger.run(ticks=2)
             return logger
 
     logger = run(scenario())
-    assert all(r.acked and r.attempts == 2 for r in logger.history)
-    assert [f.qn for f in platform.frames] == [r.qn for r in logger.history]
+    # Each frame failed once, so each was sent at least twice (more only on a slow machine).
+    assert all(r.acked and r.attempts >= 2 for r in logger.history)
+    assert failed == {r.qn for r in logger.history} == {f.qn for f in platform.frames}
 
 
 def test_logger_reconnects_after_the_platform_drops_it() -> None:
