@@ -1,5 +1,7 @@
 """Gateway agent commands.
 
+  stationseal agent run --config SITE.yaml [--output file:PATH]
+  stationseal agent status [--config SITE.yaml | --status-file PATH] [--json]
   stationseal agent probe --host H --port P --unit U --type holding --address A --count N
   stationseal agent probe --serial-port /dev/ttyUSB0 --baudrate 9600 --unit U ...
 """
@@ -16,12 +18,12 @@ from stationseal.cli import UsageError
 def register(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", required=True)
 
-    # --- run / status: the runtime's subcommands go here ---------------------------
-    # `agent run --config SITE.yaml` and `agent status` (agent/run_cli.py):
-    #     from agent.run_cli import register_run, register_status
-    #     register_run(sub)
-    #     register_status(sub)
-    # ------------------------------------------------------------------------------
+    # `agent run --config SITE.yaml [--output file:PATH]` and `agent status`
+    # (agent/run_cli.py; the runtime itself is imported only when they run)
+    from agent.run_cli import register_run, register_status
+
+    register_run(sub)
+    register_status(sub)
 
     pr = sub.add_parser("probe", help="read registers once; print raw values and decodings "
                         "in all four word orders")
