@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
+from ingest.detectors.hourly import HourValues
 from stationseal.records import Sample, SiteEvent, to_rfc3339
 
 Severity = Literal["high", "medium", "low"]
@@ -77,6 +78,10 @@ class Detector:
     #: Site kinds this detector applies to; the engine does not feed it others.
     kinds: ClassVar[tuple[str, ...]] = ()
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Detectors that reason on hourly means (most environmental rules) set this: the engine
+    #: then averages each instrument's samples once, for all such detectors, and calls
+    #: :meth:`on_hour` for every closed hour, instead of each detector re-aggregating.
+    uses_hours: ClassVar[bool] = False
 
     def __init__(self, sites: dict[str, SiteInfo], params: dict[str, Any] | None = None):
         unknown = set(params or {}) - set(self.DEFAULTS)
@@ -92,6 +97,10 @@ class Detector:
         return []
 
     def on_event(self, e: SiteEvent) -> list[Alert]:
+        return []
+
+    def on_hour(self, h: HourValues) -> list[Alert]:
+        """A closed hour of one instrument (only called when ``uses_hours`` is set)."""
         return []
 
     def finish(self) -> list[Alert]:

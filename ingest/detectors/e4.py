@@ -1,0 +1,439 @@
+"""E4 — flat-lined or synthetic periodic data (pattern E4 of the falsification patterns).
+
+Signature: zero variance, very few distinct values, exact repeats of earlier days.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ingest.detectors.base import Alert, Detector, SiteInfo
+from ingest.detectors.common import (
+    ENV_KINDS,
+    FlowState,
+    Severity,
+    SortedWindow,
+    hours_text,
+    is_parameter,
+    num,
+    window,
+)
+from ingest.detectors.hourly import HOUR, VALID_FLAGS, HourValues, Origins
+from stationseal.records import Sample, to_rfc3339
+
+DAY = 86400.0
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive identical values of one signal."""
+
+    value: float
+    start: float
+    last: float
+    n: int = 1
+    step: float = 0.0
+    floor: bool = False
+    #: Share of unchanged consecutive values in the signal's recent history (run excluded).
+    p_same: float = 0.0
+    level: int = 0  # 0 nothing emitted, 1 first severity emitted, 2 high emitted
+    next_update_h: float = 0.0
+    origins: Origins = field(default_factory=Origins)
+
+
+@dataclass(slots=True)
+class _Distinct:
+    """Sliding window of recent values, for the "≤ N distinct values" test at high rates."""
+
+    buf: deque[tuple[float, float]] = field(default_factory=deque)
+    counts: dict[float, int] = field(default_factory=dict)
+    since: float | None = None  # start of the current few-distinct episode
+    level: int = 0
+    origins: Origins = field(default_factory=Origins)
+
+
+@dataclass(slots=True)
+class _Repeat:
+    """Consecutive hours equal to the same hours ``lag`` days earlier."""
+
+    start: float = 0.0
+    last: float = 0.0
+    hours: int = 0
+    distinct: set[float] = field(default_factory=set)
+    emitted: bool = False
+
+
+class FlatLineDetector(Detector):
+    """E4 — flat-lined, few-valued or day-repeating data while the plant runs.
+
+    Looks for three signatures per signal of each instrument, judged only while the site's
+    flow signal (``flow_m3h`` for stacks, ``water_flow_ls`` for effluent) is above
+    `flow_min`, or always where the site has no flow signal (air quality). Samples carrying a
+    flag other than N/T end a run: maintenance holding the last value is E6's business.
+
+    1. *Flat line*: the exact same value for at least `window_h` hours (the shared rule
+       "rolling std 0 over 6 h"), and a run that long must be improbable for this signal:
+       with ``p`` the share of consecutive values that were unchanged among the signal's
+       last `history_h` value pairs (alerted runs excluded), ``p ** (samples - 1)`` must be
+       at most `max_chance`. Coarse channels (CO reported in 0.1 mg/m³ steps repeats a
+       value in a third of all hours) then need a longer run than fine ones.
+    2. *Few distinct values*: at most `max_distinct` distinct values over `window_h` hours
+       (but more than one), judged only when the window holds at least `min_samples` samples
+       — on hourly data six values are naturally few, so this part applies to minute data.
+    3. *Repeated days*: at least `repeat_hours` consecutive hourly means exactly equal to the
+       same hours 1 to `max_lag_days` days earlier, with at least `min_distinct` distinct
+       values among them (a copied day, not a flat line).
+
+    *Floor*: instruments legitimately sit at their detection limit or resolution step for
+    long spells (real Beijing data: SO2 at 2 µg/m³ for days). A flat line whose value is at or
+    below the `floor_quantile` of the signal's own last 30 days of hourly means (at least a
+    week of history) is "at the floor": weaker evidence. The few-distinct test is skipped
+    at the floor for the same reason.
+
+    Severity: flat line above the floor — medium from `window_h`, high from `high_hours`;
+    at the floor — low from `high_hours`, medium from `floor_hours`, never high. Few
+    distinct values — medium, high once it has lasted `high_hours`. Repeated days — high:
+    a varied day repeating to the digit does not happen by chance. Evidence gives the value,
+    duration, sample count, the floor level and the origins (gateway, sequence range) of the
+    samples in the run; a long flat line is also what a stuck analyzer produces, and the
+    summary says so (an enforcement officer decides which).
+    """
+
+    rule: ClassVar[str] = "E4"
+    kinds: ClassVar[tuple[str, ...]] = ENV_KINDS
+    uses_hours: ClassVar[bool] = True
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "window_h": 6.0,
+        "high_hours": 24.0,
+        "floor_hours": 72.0,
+        "max_chance": 1e-4,
+        "max_distinct": 3,
+        "min_samples": 30,
+        "floor_quantile": 0.05,
+        "history_h": 720,
+        "min_history_h": 168,
+        "repeat_hours": 24,
+        "max_lag_days": 7,
+        "min_distinct": 4,
+        "flow_min": 0.0,
+        "update_every_h": 24.0,
+    }
+
+    def __init__(self, sites: dict[str, SiteInfo], params: dict[str, Any] | None = None):
+        super().__init__(sites, params)
+        p = self.p
+        self.window_s = float(p["window_h"]) * HOUR
+        self._runs: dict[tuple[str, str, str], _Run] = {}
+        self._same: dict[tuple[str, str, str], tuple[deque[int], list[int]]] = {}
+        self._distinct: dict[tuple[str, str, str], _Distinct] = {}
+        self._history: dict[tuple[str, str, str], SortedWindow] = {}
+        self._hours: dict[tuple[str, str, str], dict[float, float]] = {}
+        self._repeats: dict[tuple[str, str, str, int], _Repeat] = {}
+        self._flow = FlowState(sites, float(p["flow_min"]))
+        self._last_time: dict[tuple[str, str], float] = {}
+        # Few-distinct windows are only worth keeping when enough samples fit in a window.
+        self._max_gap_distinct = self.window_s / float(p["min_samples"])
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _is_floor(self, key: tuple[str, str, str], v: float) -> tuple[bool, float | None]:
+        h = self._history.get(key)
+        if h is None or len(h) < int(self.p["min_history_h"]):
+            return v <= 0, None
+        q = h.quantile(float(self.p["floor_quantile"]))
+        return v <= q, q
+
+    # -- flat line -----------------------------------------------------------------------
+
+    def _flat_alert(self, key: tuple[str, str, str], r: _Run, final: bool) -> Alert:
+        site, inst, sig = key
+        hours = (r.last - r.start + r.step) / HOUR
+        p = self.p
+        sev: Severity
+        if r.floor:
+            sev = "medium" if hours >= p["floor_hours"] else "low"
+        else:
+            sev = "high" if hours >= p["high_hours"] else "medium"
+        v = num(r.value)
+        floor_en = " at the instrument's floor (lowest values it reports)" if r.floor else ""
+        floor_zh = "（处于该仪器常见最低读数水平）" if r.floor else ""
+        running = self._flow.has_flow(site)
+        run_en = " while the plant was running" if running else ""
+        run_zh = "，期间排放工况运行" if running else ""
+        ev: dict[str, Any] = {
+            "finding": "flat_line",
+            "signal": sig,
+            "value": v,
+            "hours": num(hours, 3),
+            "samples": r.n,
+            "window": window(r.start, r.last),
+            "threshold_hours": {"medium" if not r.floor else "low":
+                                p["window_h"] if not r.floor else p["high_hours"],
+                                "high" if not r.floor else "medium":
+                                p["high_hours"] if not r.floor else p["floor_hours"]},
+            "at_floor": r.floor,
+            "share_unchanged_history": num(r.p_same, 3),
+            "chance": float(f"{self._chance(r):.3g}"),
+            "max_chance": p["max_chance"],
+            "ongoing": not final,
+        }
+        if r.origins:
+            ev["origins"] = r.origins.to_json()
+        return Alert(
+            rule=self.rule, severity=sev, site=site, instrument=inst,
+            start=r.start, end=r.last,
+            summary_en=(f"{sig} reported exactly {v} for {hours_text(hours)} h "
+                        f"({r.n} samples){floor_en}{run_en}: analyzer stuck, or data frozen "
+                        "or fabricated."),
+            summary_zh=(f"{sig}连续{hours_text(hours)}小时（{r.n}个数据）数值恒定为{v}"
+                        f"{floor_zh}{run_zh}：疑似仪器卡死，或数据被冻结、伪造。"),
+            evidence=ev, key=f"E4|{site}|{inst}|{sig}|flat",
+        )
+
+    def _end_run(self, key: tuple[str, str, str], out: list[Alert]) -> None:
+        r = self._runs.pop(key, None)
+        if r is not None and r.level:
+            out.append(self._flat_alert(key, r, final=True))
+
+    def _chance(self, r: _Run) -> float:
+        return float(r.p_same ** (r.n - 1))
+
+    def _check_run(self, key: tuple[str, str, str], r: _Run, out: list[Alert]) -> None:
+        hours = (r.last - r.start + r.step) / HOUR
+        p = self.p
+        first, second = (p["high_hours"], p["floor_hours"]) if r.floor \
+            else (p["window_h"], p["high_hours"])
+        level = 0
+        if hours >= first and self._chance(r) <= p["max_chance"]:
+            level = 2 if hours >= second else 1
+        if level > r.level:
+            r.level = level
+            r.next_update_h = hours + float(p["update_every_h"])
+            out.append(self._flat_alert(key, r, final=False))
+        elif r.level and hours >= r.next_update_h:
+            r.next_update_h = hours + float(p["update_every_h"])
+            out.append(self._flat_alert(key, r, final=False))
+
+    def _note_pair(self, key: tuple[str, str, str], same: int) -> None:
+        """Record whether a value repeated its predecessor (history for ``p_same``)."""
+        st = self._same.get(key)
+        if st is None:
+            st = self._same[key] = (deque(), [0])
+        q, tot = st
+        q.append(same)
+        tot[0] += same
+        if len(q) > int(self.p["history_h"]):
+            tot[0] -= q.popleft()
+
+    def _p_same(self, key: tuple[str, str, str]) -> float:
+        """Laplace-smoothed share of repeated values; 0.5 while there is no history."""
+        st = self._same.get(key)
+        if st is None:
+            return 0.5
+        return (st[1][0] + 1) / (len(st[0]) + 2)
+
+    # -- few distinct values -----------------------------------------------------------
+
+    def _distinct_alert(self, key: tuple[str, str, str], d: _Distinct, end: float,
+                        final: bool) -> Alert:
+        site, inst, sig = key
+        assert d.since is not None
+        hours = (end - d.since) / HOUR + float(self.p["window_h"])
+        start = d.since - self.window_s
+        sev: Severity = "high" if hours >= self.p["high_hours"] else "medium"
+        vals = sorted(d.counts)
+        ev: dict[str, Any] = {
+            "finding": "few_distinct_values",
+            "signal": sig,
+            "distinct_values": [num(x) for x in vals],
+            "samples_in_window": len(d.buf),
+            "window_hours": self.p["window_h"],
+            "max_distinct": self.p["max_distinct"],
+            "hours": num(hours, 3),
+            "window": window(start, end),
+            "ongoing": not final,
+        }
+        if d.origins:
+            ev["origins"] = d.origins.to_json()
+        shown = ", ".join(str(num(x)) for x in vals)
+        return Alert(
+            rule=self.rule, severity=sev, site=site, instrument=inst, start=start, end=end,
+            summary_en=(f"{sig} took only {len(vals)} distinct values ({shown}) in every "
+                        f"{hours_text(float(self.p['window_h']))} h window for "
+                        f"{hours_text(hours)} h: synthetic or frozen data."),
+            summary_zh=(f"{sig}在{hours_text(hours)}小时内，每{hours_text(float(self.p['window_h']))}"
+                        f"小时仅出现{len(vals)}个不同数值（{shown}）：疑似数据系人为生成或被冻结。"),
+            evidence=ev, key=f"E4|{site}|{inst}|{sig}|distinct",
+        )
+
+    def _distinct_step(self, key: tuple[str, str, str], t: float, v: float | None,
+                       s: Sample | None, out: list[Alert]) -> None:
+        d = self._distinct.get(key)
+        if d is None:
+            d = self._distinct[key] = _Distinct()
+        buf, counts = d.buf, d.counts
+        if v is not None:
+            buf.append((t, v))
+            counts[v] = counts.get(v, 0) + 1
+        while buf and buf[0][0] <= t - self.window_s:
+            _, old = buf.popleft()
+            c = counts[old] - 1
+            if c:
+                counts[old] = c
+            else:
+                del counts[old]
+        n_distinct = len(counts)
+        full = len(buf) >= self.p["min_samples"] and buf[-1][0] - buf[0][0] >= 0.9 * self.window_s
+        hit = full and 1 < n_distinct <= self.p["max_distinct"]
+        if hit:
+            mean = sum(x for _, x in buf) / len(buf)
+            floor, _ = self._is_floor(key, mean)
+            hit = not floor
+        if hit:
+            if s is not None:
+                d.origins.add(s.origin)
+            if d.since is None:
+                d.since = t
+                d.level = 0
+                d.origins = Origins()
+                d.origins.add(s.origin if s is not None else None)
+            hours = (t - d.since) / HOUR + float(self.p["window_h"])
+            level = 2 if hours >= self.p["high_hours"] else 1
+            if level > d.level:
+                d.level = level
+                out.append(self._distinct_alert(key, d, t, final=False))
+        elif d.since is not None:
+            if d.level:
+                out.append(self._distinct_alert(key, d, t, final=True))
+            d.since = None
+            d.level = 0
+
+    # -- streaming hooks -----------------------------------------------------------------
+
+    def on_sample(self, s: Sample) -> list[Alert]:
+        out: list[Alert] = []
+        self._flow.update(s.site, s.values, s.flags)
+        operating = self._flow.operating(s.site)
+        ikey = (s.site, s.instrument)
+        prev_t = self._last_time.get(ikey)
+        self._last_time[ikey] = s.time
+        dt = s.time - prev_t if prev_t is not None else None
+        keep_distinct = dt is not None and dt <= self._max_gap_distinct
+        flags = s.flags
+        for sig, v in s.values.items():
+            if is_parameter(sig):
+                continue
+            key = (s.site, s.instrument, sig)
+            if not operating or (flags and flags.get(sig, "N") not in VALID_FLAGS):
+                self._end_run(key, out)
+                if key in self._distinct:
+                    self._distinct_step(key, s.time, None, None, out)
+                continue
+            r = self._runs.get(key)
+            if r is not None and r.value == v:
+                if r.n == 1:
+                    r.step = s.time - r.start
+                if not r.level:
+                    self._note_pair(key, 1)
+                r.n += 1
+                r.last = s.time
+                r.origins.add(s.origin)
+                self._check_run(key, r, out)
+            else:
+                if r is not None:
+                    self._note_pair(key, 0)
+                self._end_run(key, out)
+                floor, _ = self._is_floor(key, v)
+                r = self._runs[key] = _Run(v, s.time, s.time, floor=floor,
+                                           p_same=self._p_same(key))
+                r.origins.add(s.origin)
+            if keep_distinct:
+                self._distinct_step(key, s.time, v, s, out)
+            elif key in self._distinct:
+                del self._distinct[key]
+        return out
+
+    def _repeat_alert(self, key: tuple[str, str, str], lag: int, rp: _Repeat,
+                      final: bool) -> Alert:
+        site, inst, sig = key
+        ev = {
+            "finding": "repeated_day",
+            "signal": sig,
+            "lag_days": lag,
+            "hours": rp.hours,
+            "distinct_values": len(rp.distinct),
+            "window": window(rp.start, rp.last + HOUR),
+            "copied_from": window(rp.start - lag * DAY, rp.last + HOUR - lag * DAY),
+            "threshold_hours": self.p["repeat_hours"],
+            "ongoing": not final,
+        }
+        return Alert(
+            rule=self.rule, severity="high", site=site, instrument=inst,
+            start=rp.start, end=rp.last + HOUR,
+            summary_en=(f"{sig}: {rp.hours} consecutive hourly values identical to the same "
+                        f"hours {lag} day(s) earlier ({to_rfc3339(rp.start - lag * DAY)} on): "
+                        "data copied from an earlier day."),
+            summary_zh=(f"{sig}连续{rp.hours}个小时值与{lag}天前同时段完全相同"
+                        f"（自{to_rfc3339(rp.start - lag * DAY)}起）：疑似复制历史数据冒充实测。"),
+            evidence=ev, key=f"E4|{site}|{inst}|{sig}|repeat",
+        )
+
+    def on_hour(self, h: HourValues) -> list[Alert]:
+        out: list[Alert] = []
+        operating = self._flow.operating(h.site)
+        max_lag = int(self.p["max_lag_days"])
+        for sig, v in h.values.items():
+            if is_parameter(sig):
+                continue
+            key = (h.site, h.instrument, sig)
+            hist = self._history.get(key)
+            if hist is None:
+                hist = self._history[key] = SortedWindow(int(self.p["history_h"]))
+            hist.add(v)
+            hours = self._hours.get(key)
+            if hours is None:
+                hours = self._hours[key] = {}
+            for lag in range(1, max_lag + 1):
+                rkey = (*key, lag)
+                prev = hours.get(h.start - lag * DAY)
+                rp = self._repeats.get(rkey)
+                if operating and prev is not None and prev == v:
+                    if rp is None:
+                        rp = self._repeats[rkey] = _Repeat(h.start, h.start)
+                    elif h.start - rp.last > HOUR:
+                        self._close_repeat(key, lag, out)
+                        rp = self._repeats[rkey] = _Repeat(h.start, h.start)
+                    rp.last = h.start
+                    rp.hours += 1
+                    if len(rp.distinct) < int(self.p["min_distinct"]):
+                        rp.distinct.add(v)
+                    if not rp.emitted and rp.hours >= self.p["repeat_hours"] and \
+                            len(rp.distinct) >= self.p["min_distinct"]:
+                        rp.emitted = True
+                        out.append(self._repeat_alert(key, lag, rp, final=False))
+                elif rp is not None:
+                    self._close_repeat(key, lag, out)
+            hours[h.start] = v
+            cutoff = h.start - max_lag * DAY
+            if len(hours) > 24 * (max_lag + 2):
+                for t in [t for t in hours if t < cutoff]:
+                    del hours[t]
+        return out
+
+    def _close_repeat(self, key: tuple[str, str, str], lag: int, out: list[Alert]) -> None:
+        rp = self._repeats.pop((*key, lag), None)
+        if rp is not None and rp.emitted:
+            out.append(self._repeat_alert(key, lag, rp, final=True))
+
+    def finish(self) -> list[Alert]:
+        out: list[Alert] = []
+        for key in list(self._runs):
+            self._end_run(key, out)
+        for key, d in self._distinct.items():
+            if d.since is not None and d.level and d.buf:
+                out.append(self._distinct_alert(key, d, d.buf[-1][0], final=True))
+        for rkey in list(self._repeats):
+            self._close_repeat(rkey[:3], rkey[3], out)
+        return out
