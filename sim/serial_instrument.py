@@ -25,13 +25,15 @@ from sim.pty import Pty, open_pty, write_master
 
 class SerialInstrumentSim:
     def __init__(self, profile: Profile, values_fn: ValuesFn | None = None,
-                 faults: FaultPlan | None = None) -> None:
+                 faults: FaultPlan | None = None, output_interval_s: float | None = None) -> None:
         if profile.serial is None:
             raise ValueError(f"profile {profile.id} is not a serial profile")
         self.profile = profile
         self.spec = profile.serial
         self.source = ValueSource(profile, values_fn)
         self.faults = faults or FaultPlan()
+        #: free-running output period (default: the profile's output_interval_s)
+        self.interval_s = output_interval_s or profile.serial.output_interval_s
         self.last_served: dict[str, Any] = {}
         #: frames written, for tests that compare what was sent with what was read
         self.frames_sent = 0
@@ -95,7 +97,7 @@ class SerialInstrumentSim:
                 self._send(data)
 
     async def _emit_forever(self) -> None:
-        interval = self.spec.output_interval_s
+        interval = self.interval_s
         next_t = time.monotonic()
         while True:
             for msg in self.spec.messages:
@@ -120,8 +122,9 @@ class SerialInstrumentSim:
 
 
 async def start_serial_instrument(profile: Profile, values_fn: ValuesFn | None = None,
-                                  faults: FaultPlan | None = None) -> SerialInstrumentSim:
+                                  faults: FaultPlan | None = None,
+                                  output_interval_s: float | None = None) -> SerialInstrumentSim:
     """Start a simulated serial instrument; the reader opens ``.port_path``."""
-    sim = SerialInstrumentSim(profile, values_fn, faults)
+    sim = SerialInstrumentSim(profile, values_fn, faults, output_interval_s)
     await sim.start()
     return sim
