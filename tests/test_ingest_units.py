@@ -232,3 +232,11 @@ def test_sequence_reset_is_stored_apart(tmp_path: Path) -> None:
 def test_shard_of_is_stable() -> None:
     assert shard_of("gw-shard-0", 2) == 0 and shard_of("gw-shard-4", 2) == 1
     assert shard_of("anything", 1) == 0
+
+
+def test_shipped_example_config_is_valid() -> None:
+    from ingest.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "deploy" / "ingest" / "central-example.yaml")
+    assert cfg.shard.count == 2 and cfg.alerts.webhooks
