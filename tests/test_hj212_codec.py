@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ from stationseal.hj212 import (
     signal_map,
     split_frame,
 )
-from stationseal.hj212.codes import UNIT_SYMBOLS
+from stationseal.hj212.codes import UNIT_SYMBOLS, signal_map_markdown
 from stationseal.signals import BY_NAME
 
 APPENDIX_SEGMENT = (
@@ -601,3 +602,8 @@ def test_parse_data_time_rejects_impossible_dates() -> None:
     with pytest.raises(ValueError):
         parse_data_time("20240230000000")
     assert isinstance(HJ212Error("x"), ValueError)
+
+
+def test_docs_mapping_table_is_current() -> None:
+    doc = Path(__file__).resolve().parents[1] / "docs" / "hj212.md"
+    assert signal_map_markdown() in doc.read_text(encoding="utf-8")

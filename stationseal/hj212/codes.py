@@ -226,3 +226,20 @@ SIGNAL_TO_HJ212: dict[tuple[str, str], str] = {(m.st, m.signal): m.code for m in
 def signal_map(st: str, code: str) -> SignalMap | None:
     """Mapping entry for a code at a site of system type ``st``; ``None`` if unmapped."""
     return _MAP_INDEX.get((st, code))
+
+
+def signal_map_markdown() -> str:
+    """The mapping table as it appears in docs/hj212.md (a test keeps the two in step)."""
+    lines = [
+        "| ST | code | name in the standard | table unit | sent as | × factor | signal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in SIGNAL_MAPS:
+        entry = code_info(m.code)
+        name = entry.name if entry else "?"
+        table_unit = entry.unit_symbol if entry else "?"
+        lines.append(
+            f"| {m.st} | `{m.code}` | {name} | {table_unit} | {m.unit} | {m.factor:g} "
+            f"| `{m.signal}` |"
+        )
+    return "\n".join(lines) + "\n"
