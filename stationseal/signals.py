@@ -60,6 +60,8 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("lane_vin", "text", "vehicle", "VIN of the vehicle under test"),
     Signal("lane_calid", "text", "vehicle", "OBD calibration id (CALID) read by the lane"),
     Signal("lane_cvn", "text", "vehicle", "OBD calibration verification number (CVN)"),
+    Signal("lane_model", "text", "vehicle",
+           "Model group (type-approval family) of the vehicle under test"),
     # Stack CEMS
     Signal("so2_mgm3", "mg/m³", "stack", "SO2 concentration in flue gas"),
     Signal("nox_mgm3", "mg/m³", "stack", "NOx concentration in flue gas (as NO2)"),
