@@ -31,7 +31,8 @@ RESERVED = frozenset(";,=&\r\n")
 
 
 def _byte_pos(text: str, index: int, base: int) -> int:
-    return base + len(text[:index].encode("utf-8"))
+    """Byte offset in the frame of character ``index`` (errors count bytes, not chars)."""
+    return base + (index if text.isascii() else len(text[:index].encode("utf-8")))
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
