@@ -22,6 +22,7 @@ from stationseal.hj212.codec import (
     frame_to_dict,
     make_flag,
     parse_frame,
+    resolve_key,
 )
 from stationseal.hj212.codes import (
     HJ212_TO_SIGNAL,
@@ -140,6 +141,7 @@ __all__ = [
     "reply_for",
     "request_answer",
     "required_reply",
+    "resolve_key",
     "signal_map",
     "split_frame",
 ]

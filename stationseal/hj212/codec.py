@@ -294,7 +294,8 @@ def _unframe(raw: bytes, max_data_len: int) -> tuple[bytes, bytes]:
     return raw[HEADER_LEN : HEADER_LEN + length], crc_field
 
 
-def _resolve_key(source: KeySource, mn: str) -> bytes | None:
+def resolve_key(source: KeySource, mn: str) -> bytes | None:
+    """The 16-byte SM4 key for logger ``mn``, or None when it has none."""
     if source is None:
         return None
     key = source(mn) if callable(source) else source
@@ -361,7 +362,7 @@ def parse_frame(
     if sm4_key is not None:
         cn_m, mn_m = _CN_RE.search(header_bytes), _MN_RE.search(header_bytes)
         if cn_m and is_encrypted_command(cn_m.group(1).decode("ascii", "replace")):
-            key = _resolve_key(sm4_key, mn_m.group(1).decode("utf-8", "replace") if mn_m else "")
+            key = resolve_key(sm4_key, mn_m.group(1).decode("utf-8", "replace") if mn_m else "")
     if key is not None:
         decrypt_error: HJ212CryptoError | None = None
         try:
@@ -569,7 +570,7 @@ class QnSource:
 
 def frame_to_dict(frame: Frame) -> dict[str, Any]:
     """JSON-ready view, with code names and canonical signals where known."""
-    info = frame.flag_info if frame.flag is not None else None
+    info = frame.flag_info
     pollutants: dict[str, Any] = {}
     for code, pol in frame.cp.pollutants.items():
         entry: dict[str, Any] = dict(pol.fields)

@@ -17,9 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from stationseal.hj212.codec import MAX_DATA_LEN, Frame, KeySource
+from stationseal.hj212.codec import MAX_DATA_LEN, Frame, KeySource, resolve_key
 from stationseal.hj212.replies import reply_for
-from stationseal.hj212.sm4 import parse_key
 from stationseal.hj212.stream import StreamDecoder, StreamError
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,9 @@ class HJ212Connection:
         self.answers_sent = 0
         self._sm4_key = sm4_key
 
-    def _key_for(self, mn: str) -> bytes | None:
-        source = self._sm4_key
-        key = source(mn) if callable(source) else source
-        return None if key is None else parse_key(key)
-
     async def send(self, frame: Frame) -> None:
         """Send a frame to the logger (answers, or requests such as 1012 set time)."""
-        self.writer.write(frame.encode(self._key_for(frame.mn)))
+        self.writer.write(frame.encode(resolve_key(self._sm4_key, frame.mn)))
         await self.writer.drain()
 
     def close(self) -> None:
