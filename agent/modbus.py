@@ -30,6 +30,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from agent.checksums import crc16_modbus
 from agent.codec import (
     INTEGER_TYPES,
     NUMERIC_TYPES,
@@ -155,7 +156,7 @@ class ModbusBus:
                 try:
                     resp = await self._readers[fc](address, count=count, device_id=unit)
                 except ModbusIOException as e:
-                    raise self._no_answer(e, timeout, what) from None
+                    raise self._no_answer(e, timeout, what, unit, fc) from None
                 except ConnectionException as e:
                     raise BusError("instrument_fault", f"connection to {self.key} lost "
                                    f"reading {what}: {e}", stop=True) from None
@@ -173,15 +174,19 @@ class ModbusBus:
                            f"{what}", stop=False, exception_code=code)
         return resp
 
-    def _no_answer(self, e: ModbusIOException, timeout: float, what: str) -> BusError:
+    def _no_answer(self, e: ModbusIOException, timeout: float, what: str, unit: int,
+                   fc: int) -> BusError:
         msg = str(e)
+        raw = self._rx_last
         if "No response received" not in msg:
             return BusError("malformed_response", f"invalid response reading {what}: {msg}",
-                            stop=True, raw=self._rx_last[:256].hex())
-        if self._rx_last:
-            return BusError("malformed_response",
-                            f"no valid Modbus frame within {timeout:g} s reading {what}",
-                            stop=True, raw=self._rx_last[:256].hex())
+                            stop=True, raw=raw[:256].hex())
+        if raw:
+            why = "no valid Modbus frame"
+            if isinstance(self.transport, ModbusRtuTransport) and _rtu_crc_bad(raw, unit, fc):
+                why = "CRC mismatch in answer"
+            return BusError("malformed_response", f"{why} within {timeout:g} s reading {what}",
+                            stop=True, raw=raw[:256].hex())
         return BusError("instrument_fault", f"timeout after {timeout:g} s reading {what}",
                         stop=True)
 
@@ -192,6 +197,17 @@ class ModbusBus:
 
     def close(self) -> None:
         self.reset()
+
+
+def _rtu_crc_bad(raw: bytes, unit: int, fc: int) -> bool:
+    """Whether ``raw`` is the expected RTU answer except for its CRC (a line fault, worth
+    naming: it points at cabling, termination or baud rate rather than the device)."""
+    if len(raw) < 5 or raw[0] != unit or raw[1] & 0x7F != fc:
+        return False
+    n = 5 if raw[1] & 0x80 else 5 + raw[2]
+    if len(raw) < n:
+        return False
+    return crc16_modbus(raw[:n - 2]) != int.from_bytes(raw[n - 2:n], "little")
 
 
 class BusPool:

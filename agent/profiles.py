@@ -360,14 +360,14 @@ class SerialSpec(StrictModel):
                                  "messages apart")
             if self.encoding == "ascii" and m.status and m.status.data_type:
                 raise ValueError(f"{where}.status.data_type: only for binary encoding")
-            if m.format is not None:
-                self._check_format(where, m)
             locators: list[tuple[str, SerialField | SerialStatus]] = [
                 (f"{where}.fields[{j}]", f) for j, f in enumerate(m.fields)]
             if m.status is not None:
                 locators.append((f"{where}.status", m.status))
             for loc, f in locators:
                 self._check_locator(loc, f, m)
+            if m.format is not None:
+                self._check_format(where, m)
             signals = [f.signal for f in m.fields]
             dup = {s for s in signals if signals.count(s) > 1}
             if dup:

@@ -106,17 +106,19 @@ class ParamWatch:
 class FaultTracker:
     """Turns a stream of per-poll failures into events at state changes only.
 
-    The first failure (or a failure with a different message) gives one event; repeats
-    are counted, not re-sent, so a dead instrument polled at 10 Hz does not flood the
-    outbox. The next fully successful poll gives ``instrument_recovered`` with the count.
+    Each distinct error message gives one event per fault episode; repeats are counted,
+    not re-sent, so a dead instrument polled at 10 Hz (or one refusing two blocks
+    alternately) does not flood the outbox. The next fully successful poll ends the
+    episode with ``instrument_recovered`` and the counts.
     """
 
     instrument: str
+    #: last error of the current episode (None: healthy)
     error: str | None = None
     since: float = 0.0
     failures: int = 0
-    consecutive: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
 
     def fail(self, kind: str, error: str, t: float, events: list[Event],
              **detail: Any) -> None:
@@ -124,12 +126,12 @@ class FaultTracker:
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         if self.error is None:
             self.since = t
-        if error != self.error:
-            self.error = error
+        self.error = error
+        if error not in self.seen and len(self.seen) < 256:
+            self.seen.add(error)
             events.append(Event(self.instrument, kind, t, {"error": error, **detail}))
 
     def ok(self, t: float, events: list[Event]) -> None:
-        self.consecutive = 0
         if self.error is None:
             return
         events.append(Event(self.instrument, "instrument_recovered", t, {
@@ -138,6 +140,7 @@ class FaultTracker:
         self.error = None
         self.failures = 0
         self.kinds = {}
+        self.seen = set()
 
 
 class Backoff:

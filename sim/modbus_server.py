@@ -61,6 +61,8 @@ class _DeviceState:
         self.source = ValueSource(dev.profile, dev.values_fn)
         #: values used for the last answer (canonical, before encoding)
         self.last_served: dict[str, Any] = {}
+        #: requests that reached this device (answered or not)
+        self.requests = 0
         #: addresses written by a client: kept as written, not refreshed from the model
         self.pinned: dict[str, set[int]] = {t: set() for t in _TABLES}
         img = encode_registers(dev.profile, self.source.at(time.time()))
@@ -89,6 +91,7 @@ class _DeviceState:
     async def action(self, fc: int, start: int, address: int, count: int,
                      registers: list[int], set_values: list[int] | list[bool] | None
                      ) -> ExcCodes | None:
+        self.requests += 1
         exc = self.faults.active("exception", self.unit)
         if exc is not None:
             try:
