@@ -607,3 +607,9 @@ def test_parse_data_time_rejects_impossible_dates() -> None:
 def test_docs_mapping_table_is_current() -> None:
     doc = Path(__file__).resolve().parents[1] / "docs" / "hj212.md"
     assert signal_map_markdown() in doc.read_text(encoding="utf-8")
+
+
+def test_code_table_is_declared_for_wheels() -> None:
+    """Without MANIFEST.in a built wheel lacks the TSV and pollutant_codes() fails."""
+    manifest = Path(__file__).resolve().parents[1] / "MANIFEST.in"
+    assert "include stationseal/hj212/hj212-2017-codes.tsv" in manifest.read_text()
