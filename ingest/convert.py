@@ -67,19 +67,31 @@ class LineBuilder:
         seq_off = (seq % 1000) * 1000
         tail = f',seq={seq}i,frame="{hash_prefix(f)}"'
         out: list[str] = []
-        seen: dict[tuple[str, int], int] = {}
         series = self._series
-        for r in f.readings:
-            prefix = series((site, gw, r.instrument, r.signal, r.unit, branch))
-            ms = round(r.time * 1000)
-            k = seen.get((prefix, ms))
-            if k is None:
-                seen[(prefix, ms)] = 1
-                k = 0
-            else:
-                seen[(prefix, ms)] = k + 1
+        chan: dict[tuple[str, str, str], str] = {}
+        readings = f.readings
+        prefixes: list[str] = []
+        mss: list[int] = []
+        for r in readings:
+            ck = (r.instrument, r.signal, r.unit)
+            prefix = chan.get(ck)
+            if prefix is None:
+                prefix = chan[ck] = series((site, gw, r.instrument, r.signal, r.unit, branch))
+            prefixes.append(prefix)
+            mss.append(round(r.time * 1000))
+        # Same series twice in one millisecond is rare: only then count occurrences.
+        ks: list[int] | None = None
+        if len(set(zip(prefixes, mss, strict=True))) != len(readings):
+            seen: dict[tuple[str, int], int] = {}
+            ks = []
+            for key in zip(prefixes, mss, strict=True):
+                k = seen.get(key, 0)
+                seen[key] = k + 1
+                ks.append(min(k, 999))
+        isfinite = math.isfinite
+        for i, r in enumerate(readings):
             v = r.value
-            if type(v) is float and math.isfinite(v):
+            if type(v) is float and isfinite(v):
                 fv = f"value={v!r}"
             elif type(v) is int and -_MAX_EXACT <= v <= _MAX_EXACT:
                 fv = f"value={float(v)!r}"
@@ -88,7 +100,8 @@ class LineBuilder:
                 # one field type per field name, or InfluxDB refuses the whole series.
                 fv = f"text={escape_string(str(v))}"
             q = _Q.get(r.quality) or escape_string(r.quality)
-            out.append(f"{prefix} {fv},quality={q}{tail} {ms * 1_000_000 + seq_off + min(k, 999)}")
+            ts = mss[i] * 1_000_000 + seq_off + (ks[i] if ks is not None else 0)
+            out.append(f"{prefixes[i]} {fv},quality={q}{tail} {ts}")
         ev_seen: dict[tuple[str, str, int], int] = {}
         for e in f.events:
             ms = round(e.time * 1000)
