@@ -69,6 +69,23 @@ class Frame:
     signature: bytes = b""
     frame_hash: bytes = b""
     payload: bytes = field(default=b"", repr=False)
+    #: The channel table and the reading arrays ``[channel, dt_ms, value, quality, raw]``
+    #: as decoded. A receiver that turns readings straight into storage lines can use
+    #: these and skip building a :class:`Reading` per value (``decode(materialize=False)``).
+    channels: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
+    rows: list[list[Any]] = field(default_factory=list, repr=False)
+
+    def iter_readings(self) -> list[Reading]:
+        """Readings, built from ``rows`` when the frame was decoded without them."""
+        if self.readings or not self.rows:
+            return self.readings
+        cms = self.created_ms
+        ch = self.channels
+        out: list[Reading] = []
+        for ci, dt, value, q, raw in self.rows:
+            inst, sig, unit = ch[ci]
+            out.append(Reading(inst, sig, value, unit, (cms + dt) / 1000, q, raw))
+        return out
 
     @property
     def created_ms(self) -> int:
@@ -263,8 +280,11 @@ def split_payload(payload: bytes) -> tuple[bytes, bytes]:
     return body, sig
 
 
-def decode(payload: bytes) -> Frame:
-    """Parse a payload into a :class:`Frame` (structure only: no signature check here)."""
+def decode(payload: bytes, materialize: bool = True) -> Frame:
+    """Parse a payload into a :class:`Frame` (structure only: no signature check here).
+
+    With ``materialize=False`` the readings are validated but left as ``Frame.rows``.
+    """
     body, sig = split_payload(payload)
     try:
         b = cbor.decode(body)
@@ -317,8 +337,11 @@ def decode(payload: bytes) -> Frame:
             raise FrameError("schema", f"readings[{i}].quality {q!r} is not one character")
         if raw is not None and type(raw) is not bytes:
             raise FrameError("schema", f"readings[{i}].raw is neither bytes nor null")
-        inst, sig_name, unit = channels[ci]
-        readings.append(Reading(inst, sig_name, value, unit, (created_ms + dt) / 1000, q, raw))
+        if materialize:
+            inst, sig_name, unit = channels[ci]
+            readings.append(
+                Reading(inst, sig_name, value, unit, (created_ms + dt) / 1000, q, raw)
+            )
     events: list[Event] = []
     for i, ev in enumerate(evs):
         if (
@@ -363,4 +386,6 @@ def decode(payload: bytes) -> Frame:
         signature=sig,
         frame_hash=hashlib.sha256(body).digest(),
         payload=bytes(payload),
+        channels=channels,
+        rows=recs,
     )

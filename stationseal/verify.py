@@ -35,10 +35,14 @@ class Rejected(Exception):
 
 
 def verify_payload(
-    payload: bytes, registry: KeyRegistry, topic_gateway: str | None = None
+    payload: bytes,
+    registry: KeyRegistry,
+    topic_gateway: str | None = None,
+    materialize: bool = True,
 ) -> fr.Frame:
+    """Verify one payload; ``materialize=False`` leaves readings in ``Frame.rows``."""
     try:
-        f = fr.decode(payload)
+        f = fr.decode(payload, materialize)
     except fr.FrameError as e:
         raise Rejected(e.reason, e.detail) from None
     try:
