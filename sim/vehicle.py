@@ -1106,7 +1106,9 @@ def simulate_station_day(
     V2 and V9 are lane-wide from some test on (≥ 10 tests, as a lane program would do);
     V4 fits a cheat box to ``inject_count`` (≥ 3) vehicles of different model groups; V6
     replays one VMAS run under several plates and adds fail→pass retests within minutes;
-    V10 nudges every result at or above 0.9 L under the limit across the station.
+    V10 nudges every result at or above 0.9 L under the limit across the station (whose
+    vehicles are ``attract`` (1.6) times dirtier: such a station draws the cars that fail
+    elsewhere).
     Returns samples and events in time order, and one label per injected test.
     """
     if inject is not None and inject not in RULES:
@@ -1129,6 +1131,12 @@ def simulate_station_day(
             method = rng.choices(list(weights), list(weights.values()))[0]
             slots.append(_Slot(ls, j, random_vehicle(rng, fuel), method))
         plan[ls.id] = slots
+    if inject == "V10":
+        # A station known to pass anything attracts the cars that fail elsewhere.
+        attract = float(params.get("attract", 1.6))
+        for slots in plan.values():
+            for sl in slots:
+                sl.vehicle.emission_factor *= attract
     _plan_injection(site, plan, inject, params, inject_count, rng)
 
     samples: list[Sample] = []
@@ -1137,7 +1145,8 @@ def simulate_station_day(
     frozen: dict[str, tuple[float, float, float]] = {}
     counter = 0
     for ls in lane_specs:
-        t = start + rng.uniform(0.0, 300.0)
+        # Lanes stamp process data on whole seconds (see ingest.detectors.segments).
+        t = float(math.floor(start + rng.uniform(0.0, 300.0)))
         seq = 0
         pending: list[tuple[float, Vehicle]] = []
         replay: dict[str, VehicleTestSpec] = {}
@@ -1179,15 +1188,14 @@ def simulate_station_day(
             seq += len(out.samples) + len(out.events)
             samples += out.samples
             events += out.events
-            genuine_fail = slot.params.get("variant") == "retest" and not p and \
-                out.result == "fail"
-            v6 = slot.inject == "V6" and (bool(p) or genuine_fail or
-                                          slot.params.get("variant") == "car")
+            role = slot.params.get("role")
+            v6 = slot.inject == "V6" and (slot.params.get("variant") == "car" or role == "pass"
+                                          or (role == "fail" and out.result == "fail"))
             if slot.inject is not None and ((slot.inject != "V6" and out.injected) or v6):
                 labels.append(InjectionLabel(slot.inject, site, ls.id, test_id, spec.plate,
                                              str(slot.params.get("variant", "")), slot.group))
-            t = out.end + rng.uniform(60.0, 240.0)
-            if slot.inject == "V6" and slot.params.get("variant") == "retest" and \
+            t = float(math.floor(out.end + rng.uniform(60.0, 240.0)))
+            if slot.inject == "V6" and slot.params.get("role") == "fail" and \
                     out.result == "fail":
                 _quick_retest(slots, slot, vehicle)
             elif out.result == "fail" and slot.inject is None and rng.random() < 0.4:
@@ -1209,7 +1217,7 @@ def _quick_retest(slots: list[_Slot], failed: _Slot, vehicle: Vehicle) -> None:
             later.vehicle = stand_in
             later.method = failed.method
             later.inject = "V6"
-            later.params = {"variant": "retest"}
+            later.params = {"variant": "retest", "role": "pass"}
             later.group = failed.group
             return
 
@@ -1285,6 +1293,6 @@ def _plan_injection(
                 # A car that really fails: dirty enough that no noise saves it.
                 s.vehicle = replace(s.vehicle, emission_factor=8.0)
                 mark([s], group=f"{site}-retest{g}")
-                s.params["variant"] = "retest"
+                s.params.update(variant="retest", role="fail")
     elif inject == "V10":
         mark(every)

@@ -1,0 +1,438 @@
+"""Vehicle tests as units: assemble a lane's samples into tests, or infer tests from signals.
+
+Most vehicle falsification shows only across a whole test (CO+CO2 over the scored
+seconds, sample counts, curves compared between plates), so the V detectors judge
+completed tests. :class:`TestAssembler` turns the streaming records of a site into
+:class:`TestRecord` objects, one per test and lane:
+
+* **With lane context** (``Sample.test`` and/or ``test_start``/``test_end`` events): a test
+  is the records carrying one test id. It closes when its lane starts another test, or
+  ``grace_s`` seconds after ``test_end`` (instruments' last second may be stamped after
+  the lane's end event), or at end of stream. Samples without context that fall inside
+  an open test of their lane (an untagged weather station) join it.
+* **Without context** the test is inferred: a lane is *active* while the analyzer sees
+  exhaust (``co2_pct`` > 1 %), the dynamometer turns (``speed_kmh`` > 0.5) or an engine
+  speed is read (``rpm``/``obd_rpm`` > 300); a test is a run of active seconds with no
+  quiet spell longer than ``gap_s`` (30 s: longer than any pause inside a protocol,
+  shorter than a vehicle change). Quiet records outside any test belong to none and are
+  counted in ``unassigned``.
+* The **method** of an inferred test is guessed from its speed profile: opacimeter data
+  and a turning dyno → lug_down, opacimeter alone → free_accel; dyno speed held in
+  25 ± 3 km/h (40 ± 3) for most moving seconds → asm5025 (asm2540); ≥ 150 s with
+  several stops → vmas; exhaust gases without a dyno → idle; otherwise "unknown".
+  Its **phases** are inferred as a lane would label them (see :func:`infer_phases`).
+
+The lane of a sample is ``Sample.test.lane`` when present, else the instrument id's prefix
+before the last dot (``L2.analyzer`` → ``L2``), else "" (a single-lane site).
+
+Seconds are aligned across instruments on the UTC second: a sample stamped at t belongs
+to second ``floor(t + 0.1)`` (lanes poll their instruments within the second; the 0.1 s
+allows for a clock a little ahead).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
+from stationseal import vehicle_results as vres
+from stationseal.records import Sample, SiteEvent
+
+ALIGN_S = 0.1
+
+
+def lane_of(instrument: str, test_lane: str | None = None) -> str:
+    """Lane of a record: the lane context if any, else the instrument id's prefix."""
+    if test_lane:
+        return test_lane
+    head, dot, _ = instrument.rpartition(".")
+    return head if dot else ""
+
+
+def second_of(t: float) -> int:
+    return math.floor(t + ALIGN_S)
+
+
+@dataclass(slots=True)
+class Second:
+    """All instruments' values in one second of a test."""
+
+    t: int
+    phase: str
+    values: dict[str, float]
+    origins: list[tuple[str, int]]
+    instruments: set[str]
+
+
+@dataclass(slots=True)
+class TestRecord:
+    """A completed test: its samples, lane events and per-second merged view."""
+
+    id: str
+    site: str
+    lane: str
+    method: str
+    vehicle: str
+    inferred: bool
+    samples: list[Sample]
+    start_detail: dict[str, Any] = field(default_factory=dict)
+    end_detail: dict[str, Any] = field(default_factory=dict)
+    start_event_time: float | None = None
+    end_event_time: float | None = None
+    seconds: list[Second] = field(default_factory=list)
+    #: (gateway, seq) of the lane's test_start / test_end events.
+    event_origins: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        if self.samples:
+            return self.samples[0].time
+        return self.start_event_time or self.end_event_time or 0.0
+
+    @property
+    def end(self) -> float:
+        if self.samples:
+            return self.samples[-1].time
+        return self.end_event_time or self.start_event_time or 0.0
+
+    @property
+    def result(self) -> str | None:
+        r = self.end_detail.get("result")
+        return str(r) if r in ("pass", "fail") else None
+
+    def detail(self, key: str) -> Any:
+        """A lane-reported attribute (vin, calid, ...) from the end or start event."""
+        if key in self.end_detail:
+            return self.end_detail[key]
+        return self.start_detail.get(key)
+
+    @property
+    def vin(self) -> str:
+        return str(self.detail("vin") or "")
+
+    def series(self, signal: str, phases: Iterable[str] | None = None) -> list[Second]:
+        """Seconds carrying ``signal`` (optionally only in the given phases)."""
+        ph = set(phases) if phases is not None else None
+        return [s for s in self.seconds
+                if signal in s.values and (ph is None or s.phase in ph)]
+
+    def scored(self) -> list[Second]:
+        return [s for s in self.seconds if s.phase in vres.SCORED_PHASES]
+
+    def by_instrument(self) -> dict[str, list[Sample]]:
+        out: dict[str, list[Sample]] = {}
+        for s in self.samples:
+            out.setdefault(s.instrument, []).append(s)
+        return out
+
+    def results(self) -> dict[str, float]:
+        """The test scored from what the instruments measured (GB 18285 / GB 3847)."""
+        if self.method not in vres.PHASES:
+            return {}
+        return vres.compute_results(self.method, [s.values for s in self.seconds],
+                                    [s.phase for s in self.seconds])
+
+
+@dataclass(slots=True)
+class _Building:
+    id: str
+    site: str
+    lane: str
+    method: str = ""
+    vehicle: str = ""
+    inferred: bool = False
+    samples: list[Sample] = field(default_factory=list)
+    start_detail: dict[str, Any] = field(default_factory=dict)
+    end_detail: dict[str, Any] = field(default_factory=dict)
+    start_event_time: float | None = None
+    end_event_time: float | None = None
+    last_active: float = -math.inf
+    event_origins: list[tuple[str, int]] = field(default_factory=list)
+
+
+def is_active(values: Mapping[str, float]) -> bool:
+    """Whether a sample shows a test going on (exhaust, turning rollers, running engine)."""
+    return (values.get("co2_pct", 0.0) > 1.0 or values.get("speed_kmh", 0.0) > 0.5
+            or values.get("rpm", 0.0) > 300.0 or values.get("obd_rpm", 0.0) > 300.0)
+
+
+class TestAssembler:
+    """Streaming assembly of tests per (site, lane); see the module docstring."""
+
+    def __init__(self, gap_s: float = 30.0, grace_s: float = 3.0):
+        self.gap_s = gap_s
+        self.grace_s = grace_s
+        self.open: dict[tuple[str, str], _Building] = {}
+        self.unassigned = 0
+
+    # -- feeding
+    def on_sample(self, s: Sample) -> list[TestRecord]:
+        out = self._expire(s.site, s.time)
+        ctx = s.test
+        lane = lane_of(s.instrument, ctx.lane if ctx else None)
+        key = (s.site, lane)
+        b = self.open.get(key)
+        if ctx is not None and ctx.id:
+            if b is not None and b.id != ctx.id:
+                out.append(self._close(key))
+                b = None
+            if b is None:
+                b = self.open[key] = _Building(ctx.id, s.site, lane)
+            b.method = b.method or ctx.method
+            b.vehicle = b.vehicle or ctx.vehicle
+        elif b is None or (b.inferred and not is_active(s.values)
+                           and s.time - b.last_active > self.gap_s):
+            if not is_active(s.values):
+                self.unassigned += 1
+                return out
+            b = self.open[key] = _Building(f"{s.site}/{lane or '-'}/{second_of(s.time)}",
+                                           s.site, lane, inferred=True)
+        b.samples.append(s)
+        if is_active(s.values):
+            b.last_active = s.time
+        return out
+
+    def on_event(self, e: SiteEvent) -> list[TestRecord]:
+        out = self._expire(e.site, e.time)
+        if e.event not in ("test_start", "test_end"):
+            return out
+        d = e.detail
+        tid = str(d.get("test_id") or "")
+        if not tid:
+            return out
+        lane = lane_of(e.instrument, str(d.get("lane") or ""))
+        key = (e.site, lane)
+        b = self.open.get(key)
+        if b is not None and b.id != tid and (e.event == "test_start" or not b.inferred):
+            out.append(self._close(key))
+            b = None
+        if b is None or b.inferred:
+            if b is not None:  # an inferred run was this test all along
+                b.id, b.inferred = tid, False
+            else:
+                b = self.open[key] = _Building(tid, e.site, lane)
+        b.method = b.method or str(d.get("method") or "")
+        b.vehicle = b.vehicle or str(d.get("vehicle") or "")
+        if e.origin is not None:
+            b.event_origins.append(e.origin)
+        if e.event == "test_start":
+            b.start_detail = dict(d)
+            b.start_event_time = e.time
+        else:
+            b.end_detail = dict(d)
+            b.end_event_time = e.time
+        return out
+
+    def finish(self) -> list[TestRecord]:
+        return [self._close(k) for k in list(self.open)]
+
+    # -- internals
+    def _expire(self, site: str, now: float) -> list[TestRecord]:
+        out = []
+        for key, b in list(self.open.items()):
+            if key[0] != site:
+                continue
+            ended = b.end_event_time is not None and now > b.end_event_time + self.grace_s
+            quiet = b.inferred and now - b.last_active > self.gap_s
+            # A test whose end event never came is closed once its lane has long been silent.
+            lost = (not b.inferred and b.end_event_time is None and bool(b.samples)
+                    and now - b.samples[-1].time > 10 * self.gap_s)
+            if ended or quiet or lost:
+                out.append(self._close(key))
+        return out
+
+    def _close(self, key: tuple[str, str]) -> TestRecord:
+        b = self.open.pop(key)
+        b.samples.sort(key=lambda s: s.time)
+        rec = TestRecord(b.id, b.site, b.lane, b.method, b.vehicle, b.inferred, b.samples,
+                         b.start_detail, b.end_detail, b.start_event_time, b.end_event_time)
+        rec.seconds = _seconds(b.samples)
+        rec.event_origins = b.event_origins
+        if not rec.method:
+            rec.method = guess_method(rec.seconds)
+        if any(not s.phase for s in rec.seconds):
+            infer_phases(rec.method, rec.seconds)
+        return rec
+
+
+def _seconds(samples: Sequence[Sample]) -> list[Second]:
+    by: dict[int, Second] = {}
+    for s in samples:
+        k = second_of(s.time)
+        sec = by.get(k)
+        if sec is None:
+            sec = by[k] = Second(k, "", {}, [], set())
+        sec.values.update(s.values)
+        if s.test is not None and s.test.phase and not sec.phase:
+            sec.phase = s.test.phase
+        if s.origin is not None:
+            sec.origins.append(s.origin)
+        sec.instruments.add(s.instrument)
+    return [by[k] for k in sorted(by)]
+
+
+def guess_method(seconds: Sequence[Second]) -> str:
+    """Method of a test from its signals alone (see the module docstring)."""
+    speeds = [s.values["speed_kmh"] for s in seconds if "speed_kmh" in s.values]
+    has_k = any("k_m1" in s.values for s in seconds)
+    has_gas = any("co_pct" in s.values for s in seconds)
+    top = max(speeds, default=0.0)
+    if has_k:
+        return "lug_down" if top > 20.0 else "free_accel"
+    if top > 10.0:
+        moving = [v for v in speeds if v > 5.0]
+        near = {m: sum(abs(v - c) <= 3.0 for v in moving) / len(moving)
+                for m, c in vres.ASM_SPEED.items()}
+        stops = sum(1 for a, b in itertools.pairwise(speeds) if a >= 1.0 > b)
+        if len(seconds) >= 150 and stops >= 2:
+            return "vmas"
+        best = max(near, key=lambda m: near[m])
+        if near[best] >= 0.6:
+            return best
+        return "vmas" if len(seconds) >= 150 else "unknown"
+    return "idle" if has_gas else "unknown"
+
+
+def infer_phases(method: str, seconds: Sequence[Second]) -> None:
+    """Label unlabelled seconds the way the lane would have, from the signals.
+
+    idle: the last 30 s of the run at 2500 ± 200 rpm are high_idle (earlier ones
+    high_idle_settle), the last 30 s below 1100 rpm after it are idle; asm: the mode clock
+    starts when the dyno first reaches the speed band (5 s settle, 10 s stable, fast to
+    25 s, full after); vmas: every second is trace; free_accel: every second is measure
+    (the result takes the last three snaps anyway); lug_down: the last 10 s are the 80 %
+    point and seconds 25..15 before the end the 100 % point (GB 3847 order).
+    """
+    n = len(seconds)
+    labels = ["" for _ in range(n)]
+    if method == "idle":
+        rpm = [s.values.get("rpm", s.values.get("obd_rpm", 0.0)) for s in seconds]
+        hi = [i for i in range(n) if 2300.0 <= rpm[i] <= 2700.0]
+        last_hi = hi[-1] if hi else -1
+        for i in range(n):
+            labels[i] = "precondition"
+        run = [i for i in hi if i > last_hi - 45]
+        for j, i in enumerate(run):
+            labels[i] = "high_idle" if j >= len(run) - 30 else "high_idle_settle"
+        low = [i for i in range(last_hi + 1, n) if 0.0 < rpm[i] < 1100.0]
+        for j, i in enumerate(low):
+            labels[i] = "idle" if j >= len(low) - 30 else "idle_settle"
+    elif method in vres.ASM_SPEED:
+        target = vres.ASM_SPEED[method]
+        band = vres.ASM_SPEED_TOLERANCE
+        t0 = next((s.t for s in seconds if abs(s.values.get("speed_kmh", -99.0) - target)
+                   <= band), None)
+        for i, s in enumerate(seconds):
+            m = s.t - t0 if t0 is not None else -1
+            labels[i] = ("accel" if m < 0 else "settle" if m < 5 else "stable" if m < 15
+                         else "fast" if m < 25 else "full")
+    elif method == "vmas":
+        labels = ["trace"] * n
+    elif method == "free_accel":
+        labels = ["measure"] * n
+    elif method == "lug_down":
+        t_end = seconds[-1].t if seconds else 0
+        for i, s in enumerate(seconds):
+            back = t_end - s.t
+            labels[i] = ("measure_80" if back < 10 else "settle_80" if back < 15
+                         else "measure_100" if back < 25 else "scan")
+    for s, lab in zip(seconds, labels, strict=True):
+        if not s.phase:
+            s.phase = lab
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson r from running sums (shifted by the first pair for numerical stability)."""
+    n = len(xs)
+    if n != len(ys):
+        raise ValueError("pearson: sequences differ in length")
+    if n < 3:
+        return None
+    x0, y0 = xs[0], ys[0]
+    sx = sy = sxx = syy = sxy = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        dx, dy = x - x0, y - y0
+        sx += dx
+        sy += dy
+        sxx += dx * dx
+        syy += dy * dy
+        sxy += dx * dy
+    vx = n * sxx - sx * sx
+    vy = n * syy - sy * sy
+    if vx <= 1e-12 * max(1.0, n * sxx) or vy <= 1e-12 * max(1.0, n * syy):
+        return None
+    return (n * sxy - sx * sy) / math.sqrt(vx * vy)
+
+
+def origins(seconds: Iterable[Second], limit: int = 500) -> dict[str, Any]:
+    """Evidence: the (gateway, seq) of the frames involved, capped at ``limit``."""
+    allo = [list(o) for s in seconds for o in s.origins]
+    out: dict[str, Any] = {"origins": allo[:limit]}
+    if len(allo) > limit:
+        out["origins_total"] = len(allo)
+    return out
+
+
+def span(seconds: Sequence[Second]) -> list[int]:
+    """[first, last] second offsets, for evidence that names seconds."""
+    return [seconds[0].t, seconds[-1].t] if seconds else []
+
+
+class PerTestDetector(Detector):
+    """A detector that judges completed tests (:meth:`on_test`); stateful per site/lane."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("vehicle_inspection",)
+
+    def __init__(self, sites: dict[str, SiteInfo], params: dict[str, Any] | None = None):
+        super().__init__(sites, params)
+        self.assembler = TestAssembler()
+
+    def on_sample(self, s: Sample) -> list[Alert]:
+        return self._judge(self.assembler.on_sample(s))
+
+    def on_event(self, e: SiteEvent) -> list[Alert]:
+        return self._judge(self.assembler.on_event(e))
+
+    def finish(self) -> list[Alert]:
+        return self._judge(self.assembler.finish()) + self.on_finish()
+
+    def _judge(self, tests: list[TestRecord]) -> list[Alert]:
+        out: list[Alert] = []
+        for t in tests:
+            if t.seconds or t.start_detail or t.end_detail:
+                out += self.on_test(t)
+        return out
+
+    def on_test(self, test: TestRecord) -> list[Alert]:
+        return []
+
+    def on_finish(self) -> list[Alert]:
+        """Cross-test findings still pending at end of stream."""
+        return []
+
+    def test_alert(
+        self, test: TestRecord, severity: Severity, summary_en: str, summary_zh: str,
+        evidence: dict[str, Any], seconds: Sequence[Second] | None = None,
+        instrument: str = "",
+    ) -> Alert:
+        """An alert about one test, citing its frames (all its seconds unless given)."""
+        ev = {"test_id": test.id, "method": test.method, "vehicle": test.vehicle,
+              "lane": test.lane, "inferred_test": test.inferred, **evidence}
+        ev.update(origins(test.seconds if seconds is None else seconds))
+        if test.event_origins:
+            ev["event_origins"] = [list(o) for o in test.event_origins]
+        return Alert(rule=self.rule, severity=severity, site=test.site,
+                     instrument=instrument or _lane_instrument(test), start=test.start,
+                     end=test.end, summary_en=summary_en, summary_zh=summary_zh, evidence=ev,
+                     test_id=test.id)
+
+
+def _lane_instrument(test: TestRecord) -> str:
+    return f"{test.lane}.lane" if test.lane else "lane"

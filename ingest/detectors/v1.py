@@ -1,0 +1,136 @@
+"""V1 — sampling probe not in the tailpipe, leaking or restricted sample line.
+
+Signature: air dilutes the sample, so CO+CO2 drops while O2 and the analyzer's lambda
+(computed from the diluted gases) rise — yet the engine itself runs at lambda ≈ 1, as the
+car's own OBD lambda shows.
+
+Rule (shared falsification-patterns document):
+
+* ``min_co_co2_pct`` (6.0 %, std, GB 18285 dilution check): any scored second with
+  CO+CO2 below it. On VMAS, seconds where the trace decelerates, and the
+  ``decel_hold_s`` (6) seconds after (sample transport delay), are skipped
+  (``skip_vmas_decel``): fuel cut-off legitimately makes the exhaust lean there.
+* ``max_o2_pct`` (2 %) for ``min_o2_seconds`` (5) consecutive scored seconds while the OBD
+  lambda lies within ``obd_lambda_band`` (0.97–1.03) (proposed): a leak too small to
+  trip the CO+CO2 check. Only seconds whose CO+CO2 is also below
+  ``leak_max_co_co2_pct`` (14 %) count: undiluted exhaust carries 14–15.5 % whatever
+  its O2, so a misfiring car at lambda 1 (O2 and CO both high) is not taken for a leak.
+  Needs an OBD lambda; without one only the first check runs.
+
+Applies to the gasoline methods in ``methods``. High severity when CO+CO2 stays low for
+``high_seconds`` (3) seconds or more, or O2 stays high for twice the minimum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ingest.detectors import segments
+from ingest.detectors.base import Alert
+
+
+class ProbeDilutionDetector(segments.PerTestDetector):
+    """Probe out of the tailpipe / sample line leak (V1)."""
+
+    rule: ClassVar[str] = "V1"
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "min_co_co2_pct": 6.0,
+        "max_o2_pct": 2.0,
+        "min_o2_seconds": 5,
+        "obd_lambda_band": [0.97, 1.03],
+        "leak_max_co_co2_pct": 14.0,
+        "methods": ["idle", "asm5025", "asm2540", "vmas"],
+        "skip_vmas_decel": True,
+        "decel_hold_s": 6,
+        "high_seconds": 3,
+    }
+
+    def on_test(self, test: segments.TestRecord) -> list[Alert]:
+        p = self.p
+        if test.method not in p["methods"]:
+            return []
+        scored = [s for s in test.scored() if "co2_pct" in s.values and "co_pct" in s.values]
+        if not scored:
+            return []
+        t0 = test.seconds[0].t
+        decel: set[int] = set()
+        if test.method == "vmas" and p["skip_vmas_decel"]:
+            decel = _decelerating(test, p["decel_hold_s"])
+        low = [s for s in scored if s.t not in decel
+               and s.values["co_pct"] + s.values["co2_pct"] < p["min_co_co2_pct"]]
+        lo_l, hi_l = p["obd_lambda_band"]
+        run: list[segments.Second] = []
+        best: list[segments.Second] = []
+        for s in scored:
+            v = s.values
+            leak = (v.get("o2_pct", 0.0) > p["max_o2_pct"] and "obd_lambda" in v
+                    and lo_l <= v["obd_lambda"] <= hi_l
+                    and v["co_pct"] + v["co2_pct"] < p["leak_max_co_co2_pct"])
+            if leak and (not run or s.t == run[-1].t + 1):
+                run.append(s)
+            elif leak:
+                run = [s]
+            else:
+                run = []
+            if len(run) > len(best):
+                best = list(run)
+        alerts: list[Alert] = []
+        if low:
+            cc = [s.values["co_pct"] + s.values["co2_pct"] for s in low]
+            o2 = [s.values.get("o2_pct", 0.0) for s in low]
+            lam = [s.values["lambda"] for s in low if "lambda" in s.values]
+            sev: Any = "high" if len(low) >= p["high_seconds"] else "medium"
+            ev: dict[str, Any] = {
+                "check": "co_co2_low", "seconds": [s.t - t0 for s in low],
+                "count": len(low), "scored_seconds": len(scored),
+                "min_co_co2_pct": round(min(cc), 2), "mean_co_co2_pct": round(_mean(cc), 2),
+                "mean_o2_pct": round(_mean(o2), 2), "threshold_co_co2_pct": p["min_co_co2_pct"],
+            }
+            if lam:
+                ev["mean_lambda"] = round(_mean(lam), 3)
+            alerts.append(self.test_alert(
+                test, sev,
+                f"Sampling probe not in the tailpipe: CO+CO2 {_mean(cc):.1f} % "
+                f"(< {p['min_co_co2_pct']} %) in {len(low)} of {len(scored)} scored seconds, "
+                f"O2 {_mean(o2):.1f} %",
+                f"疑似取样探头未插入排气管：{len(scored)} 个计分秒中有 {len(low)} 秒 CO+CO2 "
+                f"仅 {_mean(cc):.1f}%（低于 {p['min_co_co2_pct']}%），O2 为 {_mean(o2):.1f}%",
+                ev, low))
+        elif len(best) >= p["min_o2_seconds"]:
+            o2 = [s.values["o2_pct"] for s in best]
+            ol = [s.values["obd_lambda"] for s in best]
+            cc = [s.values["co_pct"] + s.values["co2_pct"] for s in best]
+            sev = "high" if len(best) >= 2 * p["min_o2_seconds"] else "medium"
+            alerts.append(self.test_alert(
+                test, sev,
+                f"Sample line leak or probe not fully inserted: O2 {_mean(o2):.1f} % "
+                f"(> {p['max_o2_pct']} %) for {len(best)} s while OBD lambda is "
+                f"{_mean(ol):.3f}; CO+CO2 {_mean(cc):.1f} %",
+                f"疑似取样管路泄漏或探头未插到位：OBD 过量空气系数为 {_mean(ol):.3f} 时，"
+                f"O2 连续 {len(best)} 秒高于 {p['max_o2_pct']}%（均值 {_mean(o2):.1f}%），"
+                f"CO+CO2 仅 {_mean(cc):.1f}%",
+                {"check": "o2_high_obd_lambda_1", "seconds": [s.t - t0 for s in best],
+                 "count": len(best), "mean_o2_pct": round(_mean(o2), 2),
+                 "mean_obd_lambda": round(_mean(ol), 3), "mean_co_co2_pct": round(_mean(cc), 2),
+                 "threshold_o2_pct": p["max_o2_pct"], "threshold_seconds": p["min_o2_seconds"],
+                 "obd_lambda_band": list(p["obd_lambda_band"])},
+                best))
+        return alerts
+
+
+def _decelerating(test: segments.TestRecord, hold: int) -> set[int]:
+    """Seconds where the drive trace (or, lacking it, the roller) slows down, plus ``hold``."""
+    out: set[int] = set()
+    prev: float | None = None
+    for s in test.seconds:
+        v = s.values.get("target_speed_kmh", s.values.get("speed_kmh"))
+        if v is None:
+            continue
+        if prev is not None and v < prev - 0.3:
+            out.update(range(s.t, s.t + hold + 1))
+        prev = v
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
