@@ -15,7 +15,6 @@ read without spawning a process or talking to D-Bus, and still cached for a minu
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,7 +51,9 @@ def ntp_sync_state() -> str:
     global _libc
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            # the process's own symbols include libc's; ctypes.util.find_library would
+            # pull in shutil, tempfile and compression modules just to find the name
+            _libc = ctypes.CDLL(None, use_errno=True)
         tx = _Timex()
         rc = int(_libc.adjtimex(ctypes.byref(tx)))
     except (OSError, AttributeError):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Container
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.outbox import Outbox
 from agent.sealer import Sealed
@@ -45,7 +45,7 @@ class Transport(Protocol):
 
     def stop(self, timeout: float) -> None: ...
 
-    def state(self) -> dict[str, object]: ...
+    def state(self) -> dict[str, Any]: ...
 
 
 class Dispatcher:

@@ -163,6 +163,9 @@ class Outbox:
             raise OutboxError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
         # Keep the WAL file from growing past a few MB on the SD card after a long burst.
         db.execute("PRAGMA journal_size_limit=4194304")
+        # The access pattern is append at the tail, read and delete at the head: a small
+        # page cache does (the default would take 2 MB of the gateway's RAM).
+        db.execute("PRAGMA cache_size=-256")
         ver = db.execute("PRAGMA user_version").fetchone()[0]
         if ver not in (0, SCHEMA_VERSION):
             raise OutboxError(f"{self.path}: schema version {ver} is newer than this agent "

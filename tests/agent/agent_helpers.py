@@ -116,7 +116,7 @@ class FrameCollector:
         self._subscribed = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                         clean_session=False, protocol=mqtt.MQTTv311)
-        c.reconnect_delay_set(0.2, 1)
+        c.reconnect_delay_set(1, 1)
         c.tls_set_context(info.tls_context())
         c.username_pw_set(info.ingest.username, info.ingest.password())
         c.on_connect = self._on_connect

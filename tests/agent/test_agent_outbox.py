@@ -332,7 +332,7 @@ class FakeTransport:
     def stop(self, timeout: float) -> None:
         pass
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         return {}
 
 

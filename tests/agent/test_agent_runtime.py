@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from agent_helpers import FakeInstrument, file_agent, frames_of, make_keys, verify
 
 from agent.run_cli import cmd_status
@@ -56,12 +58,12 @@ def test_file_output_restart_no_loss_and_verifies(tmp_path: Path) -> None:
     assert len(frames) < sum(len(f.readings) for f in frames) / 20
 
 
-def test_status_file_and_command(tmp_path: Path, capsys: object) -> None:
+def test_status_file_and_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     signer, _ = make_keys(tmp_path, GW)
     out = tmp_path / "frames.jsonl"
     agent = file_agent(tmp_path, signer, GW, [FakeInstrument("ana-1", n=3, interval=0.05)],
                        out)
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -74,18 +76,18 @@ def test_status_file_and_command(tmp_path: Path, capsys: object) -> None:
     asyncio.run(scenario())
     doc = seen
     assert doc["gateway_id"] == GW
-    inst = doc["instruments"]["ana-1"]  # type: ignore[index]
+    inst = doc["instruments"]["ana-1"]
     assert inst["health"] == "ok" and set(inst["last"]) == {"s0", "s1", "s2"}
-    assert doc["uplink"]["kind"] == "file" and doc["uplink"]["state"] == "connected"  # type: ignore[index]
-    ob = doc["outbox"]  # type: ignore[index]
+    assert doc["uplink"]["kind"] == "file" and doc["uplink"]["state"] == "connected"
+    ob = doc["outbox"]
     assert {"frames", "bytes", "oldest_unsent_age_s", "dropped_frames"} <= set(ob)
-    text = format_status(doc)  # type: ignore[arg-type]
+    text = format_status(doc)
     assert "instrument ana-1: ok" in text and "uplink file" in text
     # after the stop the file is stale: the command says so with exit status 1
     ns = type("A", (), {"status_file": str(status_path_for(agent.outbox_cfg.path)),
                         "config": None, "json": True})()
-    assert cmd_status(ns) == 1  # type: ignore[arg-type]
-    printed = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
+    assert cmd_status(ns) == 1
+    printed = json.loads(capsys.readouterr().out)
     assert printed["running"] is False
 
 
@@ -122,27 +124,38 @@ def test_file_transport_cuts_torn_line_and_skips_frames_already_written(tmp_path
 
 
 def test_file_transport_reports_write_errors_and_recovers(tmp_path: Path) -> None:
-    """An unwritable export path is a link failure: frames wait in the outbox."""
+    """An unwritable export path is a link failure: frames wait in the outbox and are
+    written, in order, once the path works."""
     signer, reg = make_keys(tmp_path, GW)
     blocker = tmp_path / "notadir"
     blocker.write_text("x")
     out = blocker / "frames.jsonl"  # parent is a file: open fails
-    agent = file_agent(tmp_path, signer, GW, [FakeInstrument("ana-1", n=2, interval=0.05)],
-                       out)
+    inst = FakeInstrument("ana-1", n=2, interval=0.05)
+    agent = file_agent(tmp_path, signer, GW, [inst], out)
+    agent.open()
+    assert isinstance(agent.transport, FileTransport)
+    agent.transport.retry_s = 0.2
 
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         await asyncio.sleep(0.8)
-        assert agent.transport is not None
+        assert agent.transport is not None and agent.outbox is not None
         st = agent.transport.state()
         assert st["state"] == "backoff" and "notadir" in str(st["last_error"])
-        assert agent.outbox is not None and agent.outbox.frames >= 2
+        assert agent.outbox.frames >= 2
+        blocker.unlink()
+        blocker.mkdir()
+        await asyncio.sleep(1.0)
+        assert agent.transport.state()["state"] == "connected"
         stop.set()
         await task
 
     asyncio.run(scenario())
-    assert isinstance(agent.transport, FileTransport)
+    rep = verify(out, reg)
+    assert rep.ok, rep.failures or rep.gateways[GW].issues
+    assert rep.gateways[GW].readings == inst.produced
+    assert agent.outbox is not None and agent.outbox.frames == 0
 
 
 def test_backoff_has_jitter_and_a_cap() -> None:
