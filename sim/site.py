@@ -1,8 +1,9 @@
 """Start every instrument of a site config as a simulator and write the runtime config.
 
 The runtime config is the same site YAML with each transport pointed at its simulator
-(TCP endpoints -> 127.0.0.1:<free port>, serial and RTU ports -> pty paths), so the real
-agent runs unchanged against simulated instruments. Instruments that share a TCP endpoint
+(TCP endpoints -> 127.0.0.1:<free port>, serial and RTU ports -> pty paths, parity N since
+Linux ptys reject parity flags), so the real agent runs unchanged against simulated
+instruments. Instruments that share a TCP endpoint
 or an RTU line in the site config share one simulated server there too, so bus sharing and
 per-port locking are exercised as on site.
 """
@@ -101,7 +102,8 @@ async def start_site(config: str | Path, out: str | Path, *,
                     site.profile(inst), _values_fn(values_factory, inst, site),
                     FaultPlan(faults.get(inst.id, [])))
                 sim.serial[inst.id] = ser
-                sim.endpoints[inst.id] = {"type": "serial", "port": ser.port_path}
+                sim.endpoints[inst.id] = {"type": "serial", "port": ser.port_path,
+                                          "parity": "N"}
         for insts in tcp_groups.values():
             server = await start_modbus_tcp_server(_devices(insts, site, values_factory, faults))
             sim.modbus.append(server)
@@ -114,11 +116,12 @@ async def start_site(config: str | Path, out: str | Path, *,
             assert isinstance(line, ModbusRtuTransport)
             server = await start_modbus_rtu_server(
                 _devices(insts, site, values_factory, faults), baudrate=line.baudrate,
-                parity=line.parity, stopbits=line.stopbits, bytesize=line.bytesize)
+                stopbits=line.stopbits, bytesize=line.bytesize)
             sim.modbus.append(server)
             for i in insts:
                 sim.units[i.id] = (server, i.unit_id)
-                sim.endpoints[i.id] = {"type": "modbus_rtu", "port": server.port_path}
+                sim.endpoints[i.id] = {"type": "modbus_rtu", "port": server.port_path,
+                                       "parity": "N"}
         write_runtime_config(site, sim.endpoints, out,
                              Path(state_dir).resolve() if state_dir else out.parent,
                              Path(key_file).resolve() if key_file else None)
@@ -161,6 +164,7 @@ def write_runtime_config(site: SiteConfig, endpoints: Mapping[str, Mapping[str, 
         raw["transport"] = t
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Runtime config written by `stationseal sim site` from {site.source}:\n"
-              "# transports point at simulated instruments.\n")
+              "# transports point at simulated instruments. Serial lines are pseudo-terminals,\n"
+              "# which refuse parity settings (EINVAL on Linux), so they run without parity.\n")
     out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
                    encoding="utf-8")
