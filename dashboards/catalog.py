@@ -253,7 +253,7 @@ def overview() -> Dashboard:
                               "that went silent (see Gateway activity)."),
             Panel("Readings stored / 入库读数", "stat", [qx.sum_field(FRAME, "readings")],
                   w=4, h=4, unit="short", options=stat),
-            Panel("High-severity alerts / 高级别告警", "stat",
+            Panel("High-severity alerts in range / 高级别告警数", "stat",
                   [qx.count_field(ALERT, "count", [qx.eq("severity", "high")])], w=4, h=4,
                   thresholds=thresholds((None, "green"), (1, "red"))),
             Panel("Integrity events (medium, high) / 完整性事件", "stat",
@@ -467,9 +467,20 @@ def _pollutant_panel(signal: str | None, limit: float | None, *, w: int = 12) ->
     return p
 
 
+#: Chinese names of the pollutants compared with limits (titles are bilingual).
+POLLUTANT_ZH: dict[str, str] = {
+    "so2_mgm3": "二氧化硫", "nox_mgm3": "氮氧化物", "pm_mgm3": "颗粒物",
+    "pm25_ugm3": "细颗粒物", "pm10_ugm3": "可吸入颗粒物", "so2_ugm3": "二氧化硫",
+    "no2_ugm3": "二氧化氮", "o3_ugm3": "臭氧", "co_mgm3": "一氧化碳", "cod_mgl": "化学需氧量",
+    "nh3n_mgl": "氨氮", "tp_mgl": "总磷", "tn_mgl": "总氮", "ph": "pH值",
+}
+
+
 def _signal_title(signal: str) -> str:
-    s = BY_NAME.get(signal)
-    return f"{signal} ({s.unit}) — {s.description}" if s else signal
+    """``SO2 / 二氧化硫 (so2_mgm3, mg/m³)``."""
+    s = BY_NAME[signal]
+    zh = POLLUTANT_ZH.get(signal, s.description)
+    return f"{s.description} / {zh} ({signal}, {s.unit})"
 
 
 def environment(site: SiteInfo | None = None) -> Dashboard:
