@@ -561,17 +561,22 @@ def values_factory(drivers: Mapping[str, LaneDriver]) -> Callable[[str, Any, str
                                                                   ValuesFn | None]:
     """A ``values_factory`` for sim.site.start_site: each lane instrument is answered by
     its lane's driver in the role its profile plays; a weather station shared by several
-    lanes follows the first lane. Other instruments keep the simulator's default model."""
+    lanes follows the first lane. Other instruments keep the simulator's default model.
+
+    The driver is looked up in ``drivers`` at every call, so a caller may replace a lane's
+    driver while the simulators run (e.g. start the test sequence once the gateway is up).
+    """
 
     def factory(instrument_id: str, profile: Any, lane: str | None) -> ValuesFn | None:
         role = ROLE_BY_PROFILE.get(getattr(profile, "id", ""))
         if role is None:
             return None
         name = lane_of_instrument(instrument_id, lane)
-        driver = drivers.get(name)
-        if driver is None and role == "weather" and drivers:
-            driver = next(iter(drivers.values()))
-        return driver.values_fn(role) if driver is not None else None
+        if name not in drivers:
+            if role != "weather" or not drivers:
+                return None
+            name = next(iter(drivers))
+        return lambda t: drivers[name].values(role, t)
 
     return factory
 

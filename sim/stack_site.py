@@ -223,11 +223,13 @@ class StackSiteDriver:
 
 def values_factory(drivers: Mapping[str, StackSiteDriver]) -> Callable[
         [str, Any, str | None], Callable[[float], dict[str, Any]] | None]:
-    """A ``values_factory`` for sim.site.start_site: instrument id -> its stack driver."""
+    """A ``values_factory`` for sim.site.start_site: instrument id -> its stack driver,
+    looked up at every call (a caller may replace the driver while simulators run)."""
 
     def factory(instrument_id: str, profile: Any, lane: str | None
                 ) -> Callable[[float], dict[str, Any]] | None:
-        d = drivers.get(instrument_id)
-        return d.values_fn() if d is not None else None
+        if instrument_id not in drivers:
+            return None
+        return lambda t: drivers[instrument_id].values(t)
 
     return factory
