@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,8 @@ class Gateway:
         self.seq = 0
         self.prev = ZERO_HASH
 
-    def frame(self, t: float, readings: list[Reading], events: list[Event] = ()) -> Frame:
+    def frame(self, t: float, readings: list[Reading], events: Sequence[Event] = ()
+              ) -> Frame:
         self.seq += 1
         f = seal(self.signer, gateway_id=self.gw, site=self.site, boot_id=b"\x01" * 16,
                  seq=self.seq, prev_hash=self.prev, created=t, clock_sync="synced",
@@ -100,7 +101,7 @@ def representative_lines(now: float) -> list[str]:
         detail = {"test_id": test_id, "method": "asm5025", "vehicle": "京A12345", "lane": "L1"}
         for i in range(n):
             t = start + i
-            ev = []
+            ev: list[Event] = []
             if i == 0:
                 ev = [Event("lane-1", "test_start", t, detail)]
             elif i == n - 1:
@@ -123,7 +124,7 @@ def representative_lines(now: float) -> list[str]:
              Reading("cems-1", "o2_stack_pct", 9.5, "%vol", t, q),
              Reading("cems-1", "flow_m3h", 120000.0, "m³/h", t, q),
              Reading("cems-1", "flue_temp_c", 60.0, "°C", t, q)]
-        ev: list[Event] = []
+        ev = []
         if k == 120:
             ev = [Event("cems-1", "calibration_change", t,
                         {"signal": "span_coeff.so2_mgm3", "old": 1.0, "new": 0.8})]
@@ -145,7 +146,9 @@ def representative_lines(now: float) -> list[str]:
                 ("so2_ugm3", 8.0, "µg/m³"), ("no2_ugm3", 30.0, "µg/m³"),
                 ("o3_ugm3", 90.0, "µg/m³"), ("co_mgm3", 0.6, "mg/m³"))], ev))
 
-    ns = lambda t: int(t * 1e9)  # noqa: E731
+    def ns(t: float) -> int:
+        return int(t * 1e9)
+
     lines += [
         integrity_line(kind="gap", severity="medium", site=STACK, gateway="gw-stack-1",
                        seq=77, detail={"missing": [77]}, ts_ns=ns(now - 3000)),
@@ -211,7 +214,8 @@ def _result(checked: dict[str, Any], uid: str, where: str) -> QueryResult:
     hits = [r for r in checked[uid].results if where in r.where]
     assert len(hits) == 1, f"{uid}: {len(hits)} results match {where!r}: " \
                            f"{[r.where for r in checked[uid].results]}"
-    return hits[0]
+    hit: QueryResult = hits[0]
+    return hit
 
 
 def _scalar(r: QueryResult) -> Any:
@@ -265,10 +269,11 @@ def test_site_detail_variables_and_escaping(checked: dict[str, Any],
     assert c.variables["instrument"].options == ["cems-1"]
     assert set(c.variables["signal"].options) == {"so2_mgm3", "nox_mgm3", "pm_mgm3",
                                                   "o2_stack_pct", "flow_m3h", "flue_temp_c"}
-    repeated = [r for r in c.results if r.where.startswith("panel") and "A" == r.where[-1]
-                and "Quality" not in r.where and "flagged" not in r.where
-                and r.rows() and "mean" in r.rows()[0]]
-    assert len(repeated) == 6  # one panel per signal (repeat over "All")
+    repeated = {m.group(1): r for r in c.results
+                if (m := re.fullmatch(r"panel \d+ '(\w+)' A", r.where))}
+    assert set(repeated) == set(c.variables["signal"].options)  # repeat over "All"
+    assert all(r.rows() and r.tag_values("instrument") == {"cems-1"}
+               for r in repeated.values())
     # A site id with regex and path characters selects exactly that site.
     stack, db, now = influx
     end = int(now * 1000) + 60_000
