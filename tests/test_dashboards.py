@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +43,7 @@ from ingest.config import InfluxConfig
 from ingest.convert import LineBuilder, alert_line, integrity_line
 from ingest.detectors.base import Alert, SiteInfo
 from ingest.influx import V1Writer
+from ingest.metrics import Metrics, MetricsServer
 from stationseal.cli import main as cli_main
 from stationseal.frame import ZERO_HASH, Frame, seal
 from stationseal.records import Event, Reading
@@ -616,3 +623,108 @@ def test_provision_without_grafana_client(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("GRAFANA_TOKEN", "t")
     assert cli_main(["dashboards", "provision", "--url", "http://127.0.0.1:1"]) == 1
     assert "pip install 'grafana-client>=4'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping the ingest's own /metrics endpoint (ingest.metrics) every
+    second while counters move, so rate() and histogram_quantile() have data."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (Debian package 'prometheus')")
+    m = Metrics()
+    server = MetricsServer("127.0.0.1", 0, m.render, lambda: {"ok": True}).start()
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.wait(0.1):
+            m.inc("frames_total", 5, result="accepted")
+            m.inc("frames_total", result="duplicate")
+            m.inc("readings_total", 40)
+            m.inc("verification_failures_total", reason="bad_signature")
+            m.inc("chain_events_total", kind="gap")
+            m.inc("alerts_total", rule="V1", state="new")
+            m.inc("write_batches_total", result="ok")
+            m.inc("write_retries_total")
+            m.inc("write_rejected_lines_total")
+            m.inc("webhook_deliveries_total", result="ok")
+            m.inc("registry_reloads_total", result="ok")
+            m.set("influx_up", 1)
+            m.set("mqtt_connected", 1)
+            m.set("backlog_messages", 12)
+            m.set("webhook_outbox", 0)
+            m.observe("write_latency_seconds", 0.02)
+            m.observe("reading_latency_seconds", 0.7)
+
+    threading.Thread(target=churn, daemon=True).start()
+    d = tmp_path_factory.mktemp("prometheus")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = d / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "stationseal-ingest",
+                            "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}],
+    }))
+    proc = subprocess.Popen(
+        [binary, f"--config.file={cfg}", f"--storage.tsdb.path={d / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=(d / "log").open("wb"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        # Prometheus 2.42 scrapes a new target only after ~5 s (discovery update delay);
+        # three scrapes give rate() two samples in any 4 s window.
+        while True:
+            try:
+                r = _prom(url, "count_over_time(stationseal_ingest_readings_total[1m])")
+                if r and float(r[0]["value"][1]) >= 3:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (d / "log").read_text()
+            assert time.monotonic() < deadline, "prometheus did not scrape in 30 s"
+            time.sleep(0.25)
+        yield url
+    finally:
+        stop.set()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        server.close()
+
+
+def _prom(url: str, expr: str) -> list[dict[str, Any]]:
+    q = urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=10) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{expr}: HTTP {e.code}: {e.read().decode()[:300]}") from None
+    assert body["status"] == "success", body
+    res: list[dict[str, Any]] = body["data"]["result"]
+    return res
+
+
+def test_ingest_health_promql_runs_on_prometheus(prometheus: str) -> None:
+    dash = render(CTX)[catalog.UID_INGEST]
+    macros = {"__rate_interval": "4s", "__range": "1m", "__interval": "1s"}
+    n = 0
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            if t["datasource"]["type"] != "prometheus":
+                continue
+            expr = interpolate(t["expr"], {}, macros)
+            assert "$" not in expr, expr
+            res = _prom(prometheus, expr)
+            assert res, f"{p['title']}: no series for {expr}"
+            assert all(v["value"][1] not in ("NaN", "+Inf") for v in res), (expr, res)
+            n += 1
+    assert n >= 20, n
