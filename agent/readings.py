@@ -40,10 +40,12 @@ class Conv:
 
     def quality(self, v: int | float, status_flag: str) -> str:
         """Instrument status outranks over-range: a calibration gas reading is not a
-        measurement whatever its value."""
+        measurement whatever its value. NaN (a float register's "no value") is a fault."""
         if status_flag:
             return status_flag
-        return "N" if self.lo <= v <= self.hi else "T"
+        if self.lo <= v <= self.hi:
+            return "N"
+        return "D" if v != v else "T"
 
 
 class StatusDecoder:

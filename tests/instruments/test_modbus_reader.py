@@ -256,3 +256,16 @@ def test_build_instruments_shares_buses_of_a_site() -> None:
         await asyncio.gather(*(i.close() for i in insts))
 
     run(close_all())
+
+
+def test_nan_from_a_float_register_is_kept_and_flagged_fault() -> None:
+    async def scenario() -> None:
+        async with Harness("stack_cems", "tcp", {"so2_mgm3": float("nan"), "nox_mgm3": -5.0}) as h:
+            readings, _ = await h.poll()
+            got = {r.signal: r for r in readings}
+            assert got["so2_mgm3"].value != got["so2_mgm3"].value
+            assert got["so2_mgm3"].quality == "D"
+            assert (got["nox_mgm3"].value, got["nox_mgm3"].quality) == (-5.0, "T")
+            assert got["pm_mgm3"].quality == "N"
+
+    run(scenario())
