@@ -47,6 +47,7 @@ def test_overlapping_points_share_a_block() -> None:
 def test_five_gas_plan_with_small_requests() -> None:
     cfg = instrument_config("five_gas", {"type": "modbus_tcp", "host": "127.0.0.1"},
                             max_registers=4)
+    assert cfg.transport.type == "modbus_tcp"
     inst = ModbusInstrument(cfg, profile("five_gas"), BusPool().acquire(cfg.transport),
                             BusPool())
     got = [(b.register, b.address, b.count, b.parameters) for b in inst.blocks]

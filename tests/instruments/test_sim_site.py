@@ -50,7 +50,7 @@ def test_vehicle_site_runs_against_its_simulators(tmp_path: Path) -> None:
             cfg = load_site_config(sim.config_path)
             assert cfg.key_file == tmp_path / "gw.key"
             assert cfg.outbox.path == tmp_path / "run" / "outbox.sqlite"
-            rtu = {i.transport.port for i in cfg.instruments  # type: ignore[union-attr]
+            rtu = {i.transport.port for i in cfg.instruments
                    if i.transport.type == "modbus_rtu"}
             assert len(rtu) == 1  # both analyzers still share one line
             for inst in cfg.instruments:
@@ -128,7 +128,7 @@ def test_cems_site_starts(tmp_path: Path) -> None:
 
 
 def test_values_from_spec_errors() -> None:
-    assert load_values_factory("sim.profiles:default_values_fn")
+    assert load_values_factory("sim.profiles:default_values_fn") is not None
     for bad, msg in [("nomodule", "expected module:function"),
                      ("no_such_module_x:f", "cannot import"),
                      ("sim.profiles:nothing", "has no callable nothing")]:
@@ -176,7 +176,7 @@ def test_cli_site_writes_a_runtime_config(cli_sim: Any, tmp_path: Path) -> None:
     assert info["instruments"]["stack1-cems"]["port"].startswith("/dev/pts/")
     cfg = load_site_config(tmp_path / "rt.yaml")
     assert cfg.instrument("effluent-water").transport.port == \
-        info["instruments"]["effluent-water"]["port"]  # type: ignore[union-attr]
+        info["instruments"]["effluent-water"]["port"]
 
 
 def test_cli_rejects_bad_faults_with_usage_error() -> None:
