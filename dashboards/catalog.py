@@ -397,6 +397,25 @@ def vehicle_lane() -> Dashboard:
         custom={"thresholdsStyle": {"mode": "line+area"}},
         description="Sum of CO and CO2: below 6 %vol during a scored phase means the probe "
                     "is not in the tailpipe or the sample line leaks (GB 18285, pattern V1)."))
+    state = Q(qx.influxql('last("value")', READING, [SITE, qx.eq("signal", "lane_test_state")],
+                          by=("instrument",)),
+              "\n".join([qx.flux(READING, ["value"], [SITE, qx.eq("signal", "lane_test_state")]),
+                          qx.fx_group(["instrument"]), qx.fx_window("last")]),
+              alias="$tag_instrument state / 状态")
+    serial = Q(qx.influxql('last("value")', READING, [SITE, qx.eq("signal", "lane_test_id")],
+                           by=("instrument",)),
+               "\n".join([qx.flux(READING, ["value"], [SITE, qx.eq("signal", "lane_test_id")]),
+                           qx.fx_group(["instrument"]), qx.fx_window("last")]),
+               alias="$tag_instrument test no. / 检测序号")
+    controller = Panel(
+        "Lane controller / 检测线控制器", "state-timeline", [state, serial], w=24, h=5,
+        interval="1s", options={"showValue": "auto"},
+        overrides=[override("byFrameRefID", "A", mappings=[value_map({
+            "0": ("idle / 空闲", "text"), "1": ("testing / 检测中", "blue"),
+            "2": ("finished / 完成", "green"), "3": ("aborted / 中止", "orange")})])],
+        description="State and serial number the lane controller (lane_controller "
+                    "profile) reports, sealed like any instrument reading: shows tests "
+                    "also on lanes whose gateways seal no test_start/test_end events.")
     link = (f"/d/{UID_LANE}/vehicle-lane?var-site=${{site}}&var-test_id=${{__value.raw}}"
             "&time=${__value.time}&time.window=900000")
     return Dashboard(
@@ -413,6 +432,7 @@ def vehicle_lane() -> Dashboard:
         ],
         panels=[
             Row("Tests / 检测记录"),
+            controller,
             Panel("Tests in range / 时段内检测", "table", [tests], w=24, h=7,
                   transformations=[{"id": "extractFields", "options": {
                       "source": "detail", "format": "json", "replace": False,
@@ -437,15 +457,17 @@ def vehicle_lane() -> Dashboard:
 
 
 def _pollutant_panel(signal: str | None, limit: float | None, *, w: int = 12) -> Panel:
-    """Mean per interval plus the hourly mean of valid (N) data: limits apply to hourly
-    means of valid data, and the gap between the two is what flag abuse (E6) hides."""
+    """Mean per interval plus the hourly mean of valid (N) data of the trusted history
+    (no ``branch``): limits apply to hourly means of valid data, and the gap between the
+    two is what flag abuse (E6) hides."""
     cond = var("signal", "pollutant") if signal is None else qx.eq("signal", signal)
-    a = qx.series([SITE, cond], ("signal", "unit"), alias="$tag_signal ($tag_unit)")
+    a = qx.series([SITE, cond], ("signal", "unit", "branch"),
+                  alias="$tag_signal ($tag_unit) $tag_branch")
     b = Q(
         qx.influxql('mean("value")', READING, [SITE, cond], by=("signal", "unit"),
-                    interval="1h", extra=["\"quality\" = 'N'"]),
+                    interval="1h", extra=["\"quality\" = 'N'", "\"branch\" = ''"]),
         "\n".join([
-            qx.flux(READING, ["value", "quality"], [SITE, cond]),
+            qx.flux(READING, ["value", "quality"], [SITE, cond], extra=["not exists r.branch"]),
             '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
             '  |> filter(fn: (r) => r.quality == "N")',
             "  |> map(fn: (r) => ({r with _value: r.value}))",

@@ -114,7 +114,9 @@ def representative_lines(now: float) -> list[str]:
             elif i == n - 1:
                 ev = [Event("lane-1", "test_end", t, {**detail, "result": "pass"})]
             q = "C" if test_id == "T-0001" and 10 <= i < 13 else "N"
-            lines += lb.frame_lines(lane.frame(t + 0.5, _lane_sample(t, i, q), ev))
+            ctl = [Reading("L1.lane", "lane_test_state", 1 if i < n - 1 else 2, "1", t),
+                   Reading("L1.lane", "lane_test_id", int(test_id[-1]), "1", t)]
+            lines += lb.frame_lines(lane.frame(t + 0.5, _lane_sample(t, i, q) + ctl, ev))
     # A second history for one sequence number of the lane gateway: stored apart.
     forked = Gateway("gw-lane-1", LANE)
     forked.seq = 5
@@ -310,6 +312,8 @@ def test_vehicle_lane_test_selection(checked: dict[str, Any]) -> None:
     assert sums and all(14.0 < s < 15.0 for s in sums)  # co + co2 per second, main only
     tests = _result(checked, catalog.UID_LANE, "Tests in range")
     assert len(tests.rows()) == 4
+    state = _result(checked, catalog.UID_LANE, "Lane controller / 检测线控制器' A")
+    assert {r["last"] for r in state.rows()} == {1.0, 2.0}
 
 
 @pytest.mark.stack
