@@ -62,6 +62,7 @@ class Chunk:
     time: float
     frame: bytes
     garbage: str = ""  # reason, when this is not a frame
+    port_lost: bool = False  # the port failed (garbage says why)
 
 
 class _FieldCodec:
@@ -341,7 +342,6 @@ class SerialInstrument:
         self.id = cfg.id
         self.config = cfg
         self.profile = profile
-        self._spec = profile.serial
         self._t = cfg.transport
         port = Path(cfg.transport.port)
         self._port = str(port if port.is_absolute() else site_dir / port)
@@ -411,7 +411,7 @@ class SerialInstrument:
 
     def _port_lost(self, why: str) -> None:
         self._drop_port()
-        self._pending.append(Chunk(time.time(), b"", f"port: {why}"))
+        self._pending.append(Chunk(time.time(), b"", why, port_lost=True))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -451,8 +451,8 @@ class SerialInstrument:
             ch = pending.popleft()
             if ch.garbage:
                 bad = True
-                if ch.garbage.startswith("port: "):
-                    self._faults.fail("instrument_fault", ch.garbage[6:], ch.time, events)
+                if ch.port_lost:
+                    self._faults.fail("instrument_fault", ch.garbage, ch.time, events)
                     self._backoff.failed()
                 else:
                     self._faults.fail("malformed_response", ch.garbage, ch.time, events,
