@@ -48,6 +48,7 @@ class _Episode:
     cusum: float = 0.0
     worst_cusum: float = 0.0
     hours: int = 0
+    calm: int = 0
     level: int = 0
     worst_z: float = 0.0
     sums: dict[str, list[float]] = field(default_factory=dict)  # sig -> [x, expected, nbr, n]
@@ -82,7 +83,12 @@ class NeighbourDepressionDetector(Detector):
     so the hours are accumulated with a one-sided CUSUM of the mean z over signals,
     ``S = min(0, S + z + cusum_k)``, and an alert needs the accumulated depression of
     `sigma` σ sustained for `min_hours` (S below ``-(sigma - cusum_k) * min_hours``): two
-    hours at 3σ trigger it, and so do four at 2σ.
+    hours at 3σ trigger it, and so do four at 2σ. The episode ends after `recover_hours`
+    hours back within `cusum_k` σ; its window and means cover the depressed hours
+    (z below ``-cusum_k``). Neighbourhoods also drift apart by 15–25 %
+    for a day or two (local sources, a sea breeze); an alert therefore also needs the
+    station to have read at least `min_drop_pct` below expected over the episode — a
+    blocked or wetted inlet removes far more than that.
 
     Neighbours: the site's `neighbours` list in SITES.yaml, else the nearest air-quality
     sites within `radius_km` (at most `max_neighbours`). An hour is judged once the stream
@@ -109,6 +115,8 @@ class NeighbourDepressionDetector(Detector):
         "medium_hours": 6.0,
         "high_hours": 12.0,
         "cusum_k": 1.0,
+        "min_drop_pct": 30.0,
+        "recover_hours": 3,
         "offset": 10.0,
         "history_h": 720,
         "min_history_h": 168,
@@ -262,9 +270,13 @@ class NeighbourDepressionDetector(Detector):
             return out
         zc = sum(zs) / len(zs)
         k = float(self.p["cusum_k"])
-        s = min(0.0, self._cusum.get(site, 0.0) + zc + k)
-        self._cusum[site] = s
         ep = self._episodes.get(site)
+        s = min(0.0, self._cusum.get(site, 0.0) + zc + k)
+        if ep is not None and zc >= -k:
+            ep.calm += 1
+            if ep.calm >= int(self.p["recover_hours"]):
+                s = 0.0  # back in line with the neighbours: the episode is over
+        self._cusum[site] = s
         if s >= 0.0:
             if ep is not None:
                 del self._episodes[site]
@@ -276,21 +288,28 @@ class NeighbourDepressionDetector(Detector):
         ep.cusum = s
         ep.worst_cusum = min(ep.worst_cusum, s)
         ep.hours += 1
-        if zc < 0:
-            ep.last_low = hour
         ep.worst_z = min(ep.worst_z, zc)
-        ep.origins.merge(sh.origins)
-        for sig, (x, expected, nmed) in detail.items():
-            acc = ep.sums.setdefault(sig, [0.0, 0.0, 0.0, 0.0])
-            acc[0] += x
-            acc[1] += expected
-            acc[2] += nmed
-            acc[3] += 1
+        if zc < -k:
+            ep.calm = 0
+            ep.last_low = hour
+            ep.origins.merge(sh.origins)
+            for sig, (x, expected, nmed) in detail.items():
+                acc = ep.sums.setdefault(sig, [0.0, 0.0, 0.0, 0.0])
+                acc[0] += x
+                acc[1] += expected
+                acc[2] += nmed
+                acc[3] += 1
         level = sum(1 for lv in self._levels if -s >= lv)
-        if level > ep.level:
+        if level > ep.level and self._drop_pct(ep) >= float(self.p["min_drop_pct"]):
             ep.level = level
             out.append(self._alert(site, ep, final=False))
         return out
+
+    @staticmethod
+    def _drop_pct(ep: _Episode) -> float:
+        """How far below expected the station read over the episode (mean over signals)."""
+        drops = [100.0 * (1 - x / e) for x, e, _, _ in ep.sums.values() if e > 0]
+        return sum(drops) / len(drops) if drops else 0.0
 
     def _alert(self, site: str, ep: _Episode, final: bool) -> Alert:
         sev = LOW_MEDIUM_HIGH[ep.level - 1]
@@ -317,6 +336,8 @@ class NeighbourDepressionDetector(Detector):
                                        "high": self._levels[2]},
             "worst_hour_z": num(ep.worst_z, 3),
             "sigma": self.p["sigma"],
+            "drop_pct": num(self._drop_pct(ep), 3),
+            "min_drop_pct": self.p["min_drop_pct"],
             "neighbours": self.neighbours.get(site, []),
             "ongoing": not final,
         }

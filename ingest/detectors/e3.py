@@ -80,7 +80,7 @@ class ChannelTamperingDetector(Detector):
             "stack_cems": [["so2_mgm3", "pm_mgm3"], ["nox_mgm3", "pm_mgm3"],
                            ["so2_mgm3", "flue_temp_c"]],
             "water_quality": [["cod_mgl", "ph"], ["nh3n_mgl", "ph"], ["tp_mgl", "ph"],
-                              ["cod_mgl", "water_temp_c"]],
+                              ["nh3n_mgl", "tp_mgl"], ["cod_mgl", "water_temp_c"]],
         },
         "window_h": 24,
         "min_points": 18,

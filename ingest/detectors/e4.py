@@ -5,6 +5,7 @@ Signature: zero variance, very few distinct values, exact repeats of earlier day
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,6 +27,17 @@ from stationseal.records import Sample, to_rfc3339
 DAY = 86400.0
 
 
+def resolution_steps(v: float) -> float:
+    """``v`` in units of its last reported decimal: 2.0 -> 2, 0.5 -> 5, 0.163 -> 163."""
+    if v == 0:
+        return 0.0
+    text = repr(float(v))
+    if "e" in text:
+        return math.inf
+    frac = text.split(".")[1].rstrip("0")
+    return float(abs(v) * 10 ** len(frac))
+
+
 @dataclass(slots=True)
 class _Run:
     """Consecutive identical values of one signal."""
@@ -36,11 +48,24 @@ class _Run:
     n: int = 1
     step: float = 0.0
     floor: bool = False
-    #: Share of unchanged consecutive values in the signal's recent history (run excluded).
+    #: P(value repeats | previous value repeated) in the signal's history (alerted runs
+    #: excluded), when the run started.
     p_same: float = 0.0
     level: int = 0  # 0 nothing emitted, 1 first severity emitted, 2 high emitted
     next_update_h: float = 0.0
     origins: Origins = field(default_factory=Origins)
+
+
+@dataclass(slots=True)
+class _Persistence:
+    """Outcomes (repeat or not) of the values that followed a repeated value."""
+
+    q: deque[int] = field(default_factory=deque)
+    tot: int = 0
+    #: All repeat outcomes (for the prior when repeats are too rare to judge persistence).
+    q_all: deque[int] = field(default_factory=deque)
+    tot_all: int = 0
+    last: int = 0
 
 
 @dataclass(slots=True)
@@ -75,10 +100,11 @@ class FlatLineDetector(Detector):
 
     1. *Flat line*: the exact same value for at least `window_h` hours (the shared rule
        "rolling std 0 over 6 h"), and a run that long must be improbable for this signal:
-       with ``p`` the share of consecutive values that were unchanged among the signal's
-       last `history_h` value pairs (alerted runs excluded), ``p ** (samples - 1)`` must be
-       at most `max_chance`. Coarse channels (CO reported in 0.1 mg/m³ steps repeats a
-       value in a third of all hours) then need a longer run than fine ones.
+       with ``p`` the share of repeated values among those that followed a repeated value
+       in the signal's last `history_h` such cases (alerted runs excluded: repeats cluster
+       on calm nights), ``p ** (samples - 1)`` must be at most `max_chance`. Coarse
+       channels (CO reported in 0.1 mg/m³ steps repeats for hours) then need a longer run
+       than fine ones.
     2. *Few distinct values*: at most `max_distinct` distinct values over `window_h` hours
        (but more than one), judged only when the window holds at least `min_samples` samples
        — on hourly data six values are naturally few, so this part applies to minute data.
@@ -87,9 +113,11 @@ class FlatLineDetector(Detector):
        values among them (a copied day, not a flat line).
 
     *Floor*: instruments legitimately sit at their detection limit or resolution step for
-    long spells (real Beijing data: SO2 at 2 µg/m³ for days). A flat line whose value is at or
-    below the `floor_quantile` of the signal's own last 30 days of hourly means (at least a
-    week of history) is "at the floor": weaker evidence. The few-distinct test is skipped
+    long spells (real Beijing data: SO2 at 2 µg/m³ for days). A flat line whose value is at
+    most `floor_steps` steps of its last reported decimal above zero (2 µg/m³, 0.5 mg/m³)
+    and at or below the `floor_quantile` of the signal's own last `history_h` hourly means
+    (the lowest value seen, before `min_history_h` hours) is "at the floor": weaker
+    evidence. The few-distinct test is skipped
     at the floor for the same reason.
 
     Severity: flat line above the floor — medium from `window_h`, high from `high_hours`;
@@ -108,10 +136,11 @@ class FlatLineDetector(Detector):
         "window_h": 6.0,
         "high_hours": 24.0,
         "floor_hours": 72.0,
-        "max_chance": 1e-4,
+        "max_chance": 1e-5,
         "max_distinct": 3,
         "min_samples": 30,
         "floor_quantile": 0.05,
+        "floor_steps": 5,
         "history_h": 720,
         "min_history_h": 168,
         "repeat_hours": 24,
@@ -126,7 +155,7 @@ class FlatLineDetector(Detector):
         p = self.p
         self.window_s = float(p["window_h"]) * HOUR
         self._runs: dict[tuple[str, str, str], _Run] = {}
-        self._same: dict[tuple[str, str, str], tuple[deque[int], list[int]]] = {}
+        self._same: dict[tuple[str, str, str], _Persistence] = {}
         self._distinct: dict[tuple[str, str, str], _Distinct] = {}
         self._history: dict[tuple[str, str, str], SortedWindow] = {}
         self._hours: dict[tuple[str, str, str], dict[float, float]] = {}
@@ -139,9 +168,15 @@ class FlatLineDetector(Detector):
     # -- helpers -------------------------------------------------------------------------
 
     def _is_floor(self, key: tuple[str, str, str], v: float) -> tuple[bool, float | None]:
+        """At the instrument's floor: among the lowest values the channel reports *and*
+        only a few resolution steps above zero (a detection limit, not just a low hour)."""
+        if resolution_steps(v) > self.p["floor_steps"]:
+            return False, None
         h = self._history.get(key)
-        if h is None or len(h) < int(self.p["min_history_h"]):
-            return v <= 0, None
+        if h is None or not len(h):
+            return True, None
+        if len(h) < int(self.p["min_history_h"]):
+            return v <= max(h.sorted[0], 0.0), h.sorted[0]
         q = h.quantile(float(self.p["floor_quantile"]))
         return v <= q, q
 
@@ -174,7 +209,7 @@ class FlatLineDetector(Detector):
                                 "high" if not r.floor else "medium":
                                 p["high_hours"] if not r.floor else p["floor_hours"]},
             "at_floor": r.floor,
-            "share_unchanged_history": num(r.p_same, 3),
+            "p_repeat_after_repeat": num(r.p_same, 3),
             "chance": float(f"{self._chance(r):.3g}"),
             "max_chance": p["max_chance"],
             "ongoing": not final,
@@ -217,22 +252,37 @@ class FlatLineDetector(Detector):
             out.append(self._flat_alert(key, r, final=False))
 
     def _note_pair(self, key: tuple[str, str, str], same: int) -> None:
-        """Record whether a value repeated its predecessor (history for ``p_same``)."""
+        """Record whether a value repeated its predecessor, given the predecessor repeated.
+
+        Repeats cluster (a coarse channel on a calm night repeats for hours), so the chance
+        of a run is judged on the persistence of repeats, not on their overall share.
+        """
         st = self._same.get(key)
         if st is None:
-            st = self._same[key] = (deque(), [0])
-        q, tot = st
-        q.append(same)
-        tot[0] += same
-        if len(q) > int(self.p["history_h"]):
-            tot[0] -= q.popleft()
+            st = self._same[key] = _Persistence()
+        size = int(self.p["history_h"])
+        if st.last:
+            st.q.append(same)
+            st.tot += same
+            if len(st.q) > size:
+                st.tot -= st.q.popleft()
+        st.q_all.append(same)
+        st.tot_all += same
+        if len(st.q_all) > size:
+            st.tot_all -= st.q_all.popleft()
+        st.last = same
 
     def _p_same(self, key: tuple[str, str, str]) -> float:
-        """Laplace-smoothed share of repeated values; 0.5 while there is no history."""
+        """P(repeat | previous repeated), shrunk towards the overall share of repeats.
+
+        Two pseudo-observations at the overall share: a channel that almost never repeats
+        has too few "after a repeat" cases to estimate persistence on its own.
+        """
         st = self._same.get(key)
         if st is None:
             return 0.5
-        return (st[1][0] + 1) / (len(st[0]) + 2)
+        p0 = (st.tot_all + 1) / (len(st.q_all) + 2)
+        return (st.tot + 2 * p0) / (len(st.q) + 2)
 
     # -- few distinct values -----------------------------------------------------------
 
@@ -287,6 +337,9 @@ class FlatLineDetector(Detector):
         n_distinct = len(counts)
         full = len(buf) >= self.p["min_samples"] and buf[-1][0] - buf[0][0] >= 0.9 * self.window_s
         hit = full and 1 < n_distinct <= self.p["max_distinct"]
+        run = self._runs.get(key)
+        if hit and run is not None and run.level:
+            hit = False  # the window is mostly the flat line already reported
         if hit:
             mean = sum(x for _, x in buf) / len(buf)
             floor, _ = self._is_floor(key, mean)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ingest.detectors.base import Alert, Detector, SiteInfo
-from ingest.detectors.common import ENV_KINDS, is_parameter, num, window
+from ingest.detectors.common import ENV_KINDS, Severity, is_parameter, num, window
 from ingest.detectors.hourly import VALID_FLAGS, Origins
 from stationseal.records import Sample, SiteEvent
 
@@ -29,6 +29,16 @@ class _Inst:
     recent: deque[Sample] = field(default_factory=deque)
     params: dict[str, float] = field(default_factory=dict)
     checks: list[_Check] = field(default_factory=list)
+
+
+def _implied_change(detail: dict[str, Any]) -> float | None:
+    """Relative change of readings a span coefficient change implies (new/old - 1)."""
+    reg = str(detail.get("register") or detail.get("signal") or "")
+    old, new = detail.get("old"), detail.get("new")
+    if not reg.startswith("span_coeff") or isinstance(old, bool) or isinstance(new, bool) \
+            or not isinstance(old, int | float) or not isinstance(new, int | float) or old <= 0:
+        return None
+    return float(new) / float(old) - 1
 
 
 def _target(register: str) -> str | None:
@@ -51,8 +61,11 @@ class CalibrationStepDetector(Detector):
 
     Every register change is also an integrity event (I-CAL); E8 is about its effect.
     Severity: high when readings stepped down (emissions made to look lower), medium when
-    up. Evidence: the register, old and new values, the before/after means and counts per
-    channel, the windows, and the origins of the change and the samples.
+    up; low when the event names a span coefficient whose change (new/old) is itself
+    within `step_frac` and does not explain the step (readings that happened to move
+    around a routine calibration). Evidence: the register, old and new values, the
+    before/after means and counts per channel, the windows, and the origins of the change
+    and the samples.
     """
 
     rule: ClassVar[str] = "E8"
@@ -140,11 +153,20 @@ class CalibrationStepDetector(Detector):
                               "after_n": len(a)}
         if not steps:
             return []
+        sev: Severity = "high" if any(v["change_pct"] < 0 for v in steps.values()) \
+            else "medium"
+        implied = _implied_change(c.detail)
+        if implied is not None:
+            for v in steps.values():
+                v["explained_by_register"] = abs(v["change_pct"] - 100 * implied) <= \
+                    50 * self.p["step_frac"]
+            if abs(implied) <= self.p["step_frac"] and \
+                    not any(v["explained_by_register"] for v in steps.values()):
+                sev = "low"  # the register barely moved: the step is a coincidence
         origins = Origins()
         origins.add(c.origin)
         for x in before + after:
             origins.add(x.origin)
-        down = any(v["change_pct"] < 0 for v in steps.values())
         reg = c.detail.get("register") or c.detail.get("signal") or "calibration"
         ev: dict[str, Any] = {
             "finding": "step_after_calibration",
@@ -152,6 +174,7 @@ class CalibrationStepDetector(Detector):
             "source": c.source,
             "steps": steps,
             "step_threshold_pct": 100 * self.p["step_frac"],
+            "register_implied_change_pct": None if implied is None else num(100 * implied, 3),
             "window_before": window(c.time - w, c.time),
             "window_after": window(c.time, c.time + w),
         }
@@ -163,7 +186,7 @@ class CalibrationStepDetector(Detector):
         chg = f" from {old} to {new}" if old is not None and new is not None else ""
         chg_zh = f"由{old}改为{new}" if old is not None and new is not None else "被修改"
         return [Alert(
-            rule=self.rule, severity="high" if down else "medium", site=site, instrument=inst,
+            rule=self.rule, severity=sev, site=site, instrument=inst,
             start=c.time - w, end=c.time + w,
             summary_en=(f"Calibration register {reg} changed{chg} and readings stepped within "
                         f"{w / 60:.0f} min: {desc} (threshold {100 * self.p['step_frac']:.0f} %)"
