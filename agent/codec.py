@@ -61,6 +61,11 @@ def swap_words(data: bytes) -> bytes:
     return a.tobytes()
 
 
+def order_plan(word_order: str) -> tuple[bool, str]:
+    """(decode from the word-swapped bytes?, struct endianness) for a word order."""
+    return _ORDER[word_order]
+
+
 def _plain(data: bytes, word_order: str) -> tuple[bytes, str]:
     swapped, endian = _ORDER[word_order]
     if swapped and len(data) > 1:
@@ -94,10 +99,6 @@ def encode_number(data_type: str, word_order: str, value: int | float) -> bytes:
 
 def registers_to_bytes(registers: Sequence[int]) -> bytes:
     return struct.pack(f">{len(registers)}H", *registers)
-
-
-def bytes_to_registers(data: bytes) -> list[int]:
-    return list(struct.unpack(f">{len(data) // 2}H", data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.profiles import FLAG_PRIORITY, StatusFlags, decimals_of
+from agent.profiles import StatusFlags, decimals_of
 from stationseal.records import Event, Reading
 
 
@@ -64,14 +64,6 @@ class StatusDecoder:
             if len(self._cache) < 4096:
                 self._cache[word] = f
         return f
-
-
-def worst_flag(a: str, b: str) -> str:
-    if not a:
-        return b
-    if not b:
-        return a
-    return a if FLAG_PRIORITY.index(a) <= FLAG_PRIORITY.index(b) else b
 
 
 class ParamWatch:

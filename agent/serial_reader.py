@@ -30,7 +30,7 @@ from typing import Any
 import serial
 
 from agent.checksums import CHECKSUMS
-from agent.codec import INTEGER_TYPES, NUMERIC_TYPES, swap_words
+from agent.codec import INTEGER_TYPES, NUMERIC_TYPES, order_plan, swap_words
 from agent.config import InstrumentConfig, SerialTransport
 from agent.profiles import (
     DelimiterFraming,
@@ -81,8 +81,7 @@ class _FieldCodec:
         self.end = 0
         if f.data_type is not None:
             size, code = NUMERIC_TYPES[f.data_type]
-            swapped, endian = {"ABCD": (False, ">"), "DCBA": (False, "<"),
-                               "BADC": (True, ">"), "CDAB": (True, "<")}[f.byte_order]
+            swapped, endian = order_plan(f.byte_order)
             self.swapped = swapped and size > 1
             self.st = struct.Struct((endian if size > 1 else ">") + code)
             self.end = self.offset + size
