@@ -289,7 +289,7 @@ def check_dashboard(
                                    res.get("series", [])))
 
     for p in dash["panels"]:
-        if p["type"] in ("row", "text"):
+        if p["type"] == "row":
             continue
         reps: list[dict[str, VarState]] = [variables]
         rep = p.get("repeat")

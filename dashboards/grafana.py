@@ -133,7 +133,7 @@ def override(matcher: str, value: str, **props: Any) -> dict[str, Any]:
             "properties": [{"id": k.replace("__", "."), "value": v} for k, v in props.items()]}
 
 
-PanelKind = Literal["timeseries", "stat", "table", "state-timeline", "text", "bargauge"]
+PanelKind = Literal["timeseries", "stat", "table", "state-timeline"]
 
 
 @dataclass(slots=True)
@@ -159,7 +159,6 @@ class Panel:
     interval: str = ""
     repeat: str = ""
     max_per_row: int = 2
-    content: str = ""
 
     @property
     def role(self) -> DsRole:
@@ -171,9 +170,6 @@ class Panel:
                              "gridPos": pos}
         if self.description:
             p["description"] = self.description
-        if self.kind == "text":
-            p["options"] = {"mode": "markdown", "content": self.content}
-            return p
         roles = {t.role for t in self.targets}
         p["datasource"] = ({"type": "datasource", "uid": "-- Mixed --"} if len(roles) > 1
                            else ctx.ds(self.role))
@@ -190,7 +186,7 @@ class Panel:
         steps = self.thresholds or (Threshold(None, "green"),)
         defaults["thresholds"] = {"mode": "absolute", "steps": [
             {"value": s.value, "color": s.color} for s in steps]}
-        if self.kind in ("stat", "state-timeline", "bargauge") or self.thresholds:
+        if self.kind in ("stat", "state-timeline") or self.thresholds:
             defaults.setdefault("color", {"mode": "thresholds"})
         else:
             defaults.setdefault("color", {"mode": "palette-classic"})
@@ -233,9 +229,6 @@ _OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
                        "tooltip": {"mode": "single", "sort": "none"}},
     "table": {"showHeader": True, "cellHeight": "sm",
               "footer": {"show": False, "reducer": ["sum"], "fields": ""}},
-    "bargauge": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                 "orientation": "horizontal", "displayMode": "gradient",
-                 "showUnfilled": True},
 }
 
 
@@ -458,7 +451,7 @@ def validate(dash: dict[str, Any], datasource_uids: Iterable[str]) -> list[str]:
         errs.append(f"{where}: duplicate variable names {var_names}")
     defined = set(var_names)
     ids: set[int] = set()
-    occupied: dict[tuple[int, int], int] = {}
+    occupied: dict[tuple[int, int], Any] = {}
 
     def check_ds(ref: Any, what: str) -> None:
         if not isinstance(ref, dict) or ref.get("uid") not in known_ds:
@@ -488,16 +481,14 @@ def validate(dash: dict[str, Any], datasource_uids: Iterable[str]) -> list[str]:
         g = p.get("gridPos", {})
         if g.get("x", -1) < 0 or g.get("x", 0) + g.get("w", 0) > GRID_WIDTH or g.get("h", 0) < 1:
             errs.append(f"{where}: {what}: gridPos {g} outside the 24-column grid")
-        for cx in range(g.get("x", 0), g.get("x", 0) + g.get("w", 0)):
-            for cy in range(g.get("y", 0), g.get("y", 0) + g.get("h", 0)):
-                if (cx, cy) in occupied:
-                    errs.append(f"{where}: {what}: overlaps panel {occupied[(cx, cy)]}")
-                    break
-                occupied[(cx, cy)] = pid if isinstance(pid, int) else -1
-            else:
-                continue
-            break
-        if p["type"] in ("row", "text"):
+        x, y = g.get("x", 0), g.get("y", 0)
+        cells = {(cx, cy) for cx in range(x, x + g.get("w", 0))
+                 for cy in range(y, y + g.get("h", 0))}
+        clash = cells & occupied.keys()
+        if clash:
+            errs.append(f"{where}: {what}: overlaps panel {occupied[min(clash)]}")
+        occupied.update(dict.fromkeys(cells, pid))
+        if p["type"] == "row":
             continue
         if p.get("repeat") and p["repeat"] not in defined:
             errs.append(f"{where}: {what}: repeats over undefined variable {p['repeat']!r}")

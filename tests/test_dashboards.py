@@ -365,7 +365,7 @@ def test_dashboards_are_consistent(ctx: BuildContext) -> None:
         ids = [p["id"] for p in d["panels"]]
         assert len(ids) == len(set(ids))
         for p in d["panels"]:
-            if p["type"] in ("row", "text"):
+            if p["type"] == "row":
                 continue
             assert re.search(r"[\u4e00-\u9fff]", p["title"]) or p["title"].startswith("$"), \
                 p["title"]
@@ -395,7 +395,9 @@ def test_validate_reports_what_grafana_would_not() -> None:
     d["panels"][2]["id"] = d["panels"][1]["id"]
     d["panels"][1]["targets"][0]["query"] += " AND $nosuchvar"
     d["panels"][4]["targets"][0]["datasource"] = {"type": "influxdb", "uid": "other"}
+    d["panels"][5]["gridPos"] = {**d["panels"][4]["gridPos"], "w": 6}
     errs = "\n".join(validate(d, (CTX.influx_uid, CTX.prometheus_uid)))
+    assert f"overlaps panel {d['panels'][4]['id']}" in errs
     assert "not unique" in errs
     assert "undefined variable(s) ['nosuchvar']" in errs
     assert "'other'" in errs
