@@ -91,29 +91,29 @@ def format_probe(res: ProbeResult) -> str:
     for i, w in enumerate(res.values):
         lines.append(f"{res.address + i:<6} {w:04X}   {w:>6} {w - 65536 if w > 32767 else w:>6}")
     raw = registers_to_bytes(res.values)
-    if n >= 2:
-        lines.append("")
-        lines.append("32-bit values (word order: bytes A B C D of the value, most significant "
-                     "first, as they arrive)")
-        lines.append(f"{'addr':<6} {'order':<5} {'float32':>16} {'int32':>12} {'uint32':>11}")
-        for i in range(n - 1):
-            chunk = raw[2 * i:2 * i + 4]
-            for order in ORDERS:
-                f = decode_number("float32", order, chunk)
-                s = decode_number("int32", order, chunk)
-                u = decode_number("uint32", order, chunk)
-                addr = str(res.address + i) if order == "ABCD" else ""
-                lines.append(f"{addr:<6} {order:<5} {_fmt(f, 9):>16} {s:>12} {u:>11}")
-    if n >= 4:
-        lines.append("")
-        lines.append("64-bit values (ABCD = AB CD EF GH, BADC = BA DC FE HG, "
-                     "CDAB = GH EF CD AB, DCBA = HG FE DC BA)")
-        lines.append(f"{'addr':<6} {'order':<5} {'float64':>24} {'int64':>21}")
-        for i in range(n - 3):
-            chunk = raw[2 * i:2 * i + 8]
-            for order in ORDERS:
-                f = decode_number("float64", order, chunk)
-                s = decode_number("int64", order, chunk)
-                addr = str(res.address + i) if order == "ABCD" else ""
-                lines.append(f"{addr:<6} {order:<5} {_fmt(f, 17):>24} {s:>21}")
+    lines += _section(res.address, raw, 2, "32-bit values (word order: bytes A B C D of the "
+                      "value, most significant first, as they arrive)",
+                      (("float32", 16, 9), ("int32", 12, 0), ("uint32", 11, 0)))
+    lines += _section(res.address, raw, 4, "64-bit values (ABCD = AB CD EF GH, BADC = BA DC "
+                      "FE HG, CDAB = GH EF CD AB, DCBA = HG FE DC BA)",
+                      (("float64", 24, 17), ("int64", 21, 0)))
     return "\n".join(lines) + "\n"
+
+
+def _section(address: int, raw: bytes, regs: int, title: str,
+             columns: tuple[tuple[str, int, int], ...]) -> list[str]:
+    """Decodings of ``regs``-register values at every start address, four rows each;
+    columns are (data type, width, significant digits for floats)."""
+    n = len(raw) // 2
+    if n < regs:
+        return []
+    out = ["", title, f"{'addr':<6} {'order':<5} "
+           + " ".join(f"{dt:>{w}}" for dt, w, _ in columns)]
+    for i in range(n - regs + 1):
+        chunk = raw[2 * i:2 * (i + regs)]
+        for order in ORDERS:
+            cells = " ".join(f"{_fmt(decode_number(dt, order, chunk), digits):>{w}}"
+                             for dt, w, digits in columns)
+            addr = str(address + i) if order == "ABCD" else ""
+            out.append(f"{addr:<6} {order:<5} {cells}")
+    return out
