@@ -69,19 +69,30 @@ class LineBuilder:
         out: list[str] = []
         series = self._series
         chan: dict[tuple[str, str, str], str] = {}
-        readings = f.readings
-        prefixes: list[str] = []
-        mss: list[int] = []
-        for r in readings:
-            ck = (r.instrument, r.signal, r.unit)
-            prefix = chan.get(ck)
-            if prefix is None:
-                prefix = chan[ck] = series((site, gw, r.instrument, r.signal, r.unit, branch))
-            prefixes.append(prefix)
-            mss.append(round(r.time * 1000))
+        if f.rows:
+            # Decoded without Reading objects: straight from the channel table.
+            cms = f.created_ms
+            cpre = [series((site, gw, i, sg, u, branch)) for i, sg, u in f.channels]
+            rows = f.rows
+            prefixes = [cpre[r[0]] for r in rows]
+            mss = [cms + r[1] for r in rows]
+            vq = [(r[2], r[3]) for r in rows]
+        else:
+            prefixes = []
+            mss = []
+            for r in f.readings:
+                ck = (r.instrument, r.signal, r.unit)
+                prefix = chan.get(ck)
+                if prefix is None:
+                    prefix = chan[ck] = series((site, gw, r.instrument, r.signal, r.unit,
+                                                branch))
+                prefixes.append(prefix)
+                mss.append(round(r.time * 1000))
+            vq = [(r.value, r.quality) for r in f.readings]
+        n_readings = len(vq)
         # Same series twice in one millisecond is rare: only then count occurrences.
         ks: list[int] | None = None
-        if len(set(zip(prefixes, mss, strict=True))) != len(readings):
+        if len(set(zip(prefixes, mss, strict=True))) != n_readings:
             seen: dict[tuple[str, int], int] = {}
             ks = []
             for key in zip(prefixes, mss, strict=True):
@@ -89,8 +100,7 @@ class LineBuilder:
                 seen[key] = k + 1
                 ks.append(min(k, 999))
         isfinite = math.isfinite
-        for i, r in enumerate(readings):
-            v = r.value
+        for i, (v, quality) in enumerate(vq):
             if type(v) is float and isfinite(v):
                 fv = f"value={v!r}"
             elif type(v) is int and -_MAX_EXACT <= v <= _MAX_EXACT:
@@ -99,7 +109,7 @@ class LineBuilder:
                 # Text values, huge integers and NaN/inf keep their exact form as text:
                 # one field type per field name, or InfluxDB refuses the whole series.
                 fv = f"text={escape_string(str(v))}"
-            q = _Q.get(r.quality) or escape_string(r.quality)
+            q = _Q.get(quality) or escape_string(quality)
             ts = mss[i] * 1_000_000 + seq_off + (ks[i] if ks is not None else 0)
             out.append(f"{prefixes[i]} {fv},quality={q}{tail} {ts}")
         ev_seen: dict[tuple[str, str, int], int] = {}
@@ -127,7 +137,7 @@ class LineBuilder:
             "key_id": f.key_id,
             "boot_id": f.boot_id.hex(),
             "clock_sync": f.clock_sync,
-            "readings": len(f.readings),
+            "readings": f.reading_count,
             "events": len(f.events),
         }, frame_ts(f.created_ms, seq)))
         return out
@@ -190,7 +200,7 @@ def frame_records(f: Frame) -> list[Sample | SiteEvent]:
     order, each citing the frame it came from."""
     origin = (f.gateway_id, f.seq)
     groups: dict[tuple[str, float], Sample] = {}
-    for r in f.readings:
+    for r in f.iter_readings():
         key = (r.instrument, r.time)
         s = groups.get(key)
         if s is None:

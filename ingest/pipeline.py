@@ -175,7 +175,7 @@ class Pipeline:
                              f"topic {topic!r} is not <prefix>/<gateway>/frames", None)
             return "quarantined"
         try:
-            f = verify_payload(payload, self.registry.registry, topic_gw)
+            f = verify_payload(payload, self.registry.registry, topic_gw, materialize=False)
         except Rejected as e:
             self._quarantine(topic, payload, received, e.reason, e.detail, e.frame)
             return "quarantined"
@@ -206,7 +206,7 @@ class Pipeline:
         # was interrupted by a crash is stored.
         b.lines += self.builder.frame_lines(f, branch)
         b.frames += 1
-        b.readings += len(f.readings)
+        b.readings += f.reading_count
         b.created.append(f.created)
         if not is_new:
             self.metrics.inc("frames_total", result="duplicate")

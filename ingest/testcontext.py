@@ -94,7 +94,7 @@ class LaneContexts:
     def annotate(self, f: Frame, records: list[Sample | SiteEvent]) -> list[Sample | SiteEvent]:
         """The frame's records with lane context applied and lane events inserted, in
         time order. Frames without controller readings cost one pass over the readings."""
-        snaps = _snapshots(f.readings)
+        snaps = _snapshots(f.iter_readings())
         if not snaps and not self.open:
             return records
         origin = (f.gateway_id, f.seq)

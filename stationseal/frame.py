@@ -77,8 +77,12 @@ class Frame:
     channels: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
     rows: list[list[Any]] = field(default_factory=list, repr=False)
 
+    @property
+    def reading_count(self) -> int:
+        return len(self.rows) if self.rows else len(self.readings)
+
     def iter_readings(self) -> list[Reading]:
-        """Readings, built from ``rows`` when the frame was decoded without them."""
+        """Readings, built (once) from ``rows`` when the frame was decoded without them."""
         if self.readings or not self.rows:
             return self.readings
         cms = self.created_ms
@@ -87,6 +91,7 @@ class Frame:
         for ci, dt, value, q, raw in self.rows:
             inst, sig, unit = ch[ci]
             out.append(Reading(inst, sig, value, unit, (cms + dt) / 1000, q, raw))
+        self.readings = out
         return out
 
     @property
