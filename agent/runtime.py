@@ -73,12 +73,15 @@ class RuntimeOptions:
 def config_hash(cfg: SiteConfig) -> str:
     """SHA-256 over the validated config and the profiles it uses (canonical JSON), so
     comments and key order do not change it but any effective setting does."""
+    # Profiles hold raw bytes (binary serial requests such as b"\xa5\x01\xa6") that JSON
+    # mode would try to read as UTF-8: dump them as Python objects, bytes as hex.
     doc = {
         "site": cfg.model_dump(mode="json"),
-        "profiles": {i.profile_name: cfg.profile(i).model_dump(mode="json")
+        "profiles": {i.profile_name: cfg.profile(i).model_dump(mode="python")
                      for i in cfg.instruments},
     }
-    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"),
+                     default=lambda o: o.hex() if isinstance(o, bytes) else str(o)).encode()
     return hashlib.sha256(raw).hexdigest()
 
 
