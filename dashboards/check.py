@@ -172,6 +172,7 @@ class DashboardCheck:
     uid: str
     variables: dict[str, VarState]
     results: list[QueryResult]
+    notes: list[str] = field(default_factory=list)
 
 
 def _variable_values(result: dict[str, Any], query: str) -> list[str]:
@@ -227,12 +228,16 @@ def check_dashboard(
     choices: Mapping[str, Sequence[str]] | None = None,
     resolution: int = 1000,
     min_interval: str = "1s",
+    strict: bool = True,
 ) -> DashboardCheck:
     """Resolve variables (``choices`` pick values, else Grafana's defaults: the saved
     current value, All, or the first option), then run every panel and annotation
-    query. ``resolution`` stands for a panel's width in data points."""
+    query. ``resolution`` stands for a panel's width in data points. A choice that is
+    not among a variable's values raises ValueError, or with ``strict=False`` is noted
+    and the default used (one ``--var site=X`` for dashboards whose site lists differ)."""
     uid = str(dash.get("uid"))
     choices = dict(choices or {})
+    notes: list[str] = []
     results: list[QueryResult] = []
     variables: dict[str, VarState] = {}
     range_ms = end_ms - start_ms
@@ -262,12 +267,14 @@ def check_dashboard(
             raise ValueError(f"{uid}: variable {name}: type {v['type']!r} is not emulated")
         state = VarState(name, options, [], bool(v.get("multi")), bool(v.get("includeAll")),
                          v.get("allValue"))
-        if name in choices:
-            picked = list(choices[name])
-            bad = [p for p in picked if p != ALL and p not in options]
-            if bad:
-                raise ValueError(f"{uid}: variable {name}: {bad} not among its values "
-                                 f"{options}")
+        picked = list(choices.get(name, ()))
+        bad = [p for p in picked if p != ALL and p not in options]
+        if bad:
+            msg = f"{uid}: variable {name}: {bad} not among its values {options}"
+            if strict:
+                raise ValueError(msg)
+            notes.append(msg + "; default used")
+        if picked and not bad:
             state.current = picked
         else:
             cur = (v.get("current") or {}).get("value")
@@ -307,7 +314,7 @@ def check_dashboard(
                 res = run(q)
                 results.append(QueryResult(uid, f"panel {p['id']} {title!r} {t['refId']}", q,
                                            res.get("error"), res.get("series", [])))
-    return DashboardCheck(uid, variables, results)
+    return DashboardCheck(uid, variables, results, notes)
 
 
 def http_runner(url: str, database: str, *, username: str | None = None,
