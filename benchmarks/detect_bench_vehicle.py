@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest.detectors.base import Alert, Detector, SiteInfo  # noqa: E402
-from sim.vehicle import RULES, InjectionLabel, simulate_station_day  # noqa: E402
-from stationseal.records import Sample, SiteEvent  # noqa: E402
+from ingest.detectors.base import Alert, Detector, SiteInfo
+from sim.vehicle import RULES, InjectionLabel, simulate_station_day
+from stationseal.records import Sample, SiteEvent
 
 DAY0 = 1_767_225_600.0 + 7 * 3600  # 2026-01-01 07:00 UTC
 

@@ -12,10 +12,12 @@ Rule (shared falsification-patterns document):
   (``skip_vmas_decel``): fuel cut-off legitimately makes the exhaust lean there.
 * ``max_o2_pct`` (2 %) for ``min_o2_seconds`` (5) consecutive scored seconds while the OBD
   lambda lies within ``obd_lambda_band`` (0.97–1.03) (proposed): a leak too small to
-  trip the CO+CO2 check. Only seconds whose CO+CO2 is also below
-  ``leak_max_co_co2_pct`` (14 %) count: undiluted exhaust carries 14–15.5 % whatever
-  its O2, so a misfiring car at lambda 1 (O2 and CO both high) is not taken for a leak.
-  Needs an OBD lambda; without one only the first check runs.
+  trip the CO+CO2 check. Only seconds whose carbon (CO + CO2 + HC as C1, i.e.
+  6 × hexane ppm) is also below ``leak_max_carbon_pct`` (14 %) count: undiluted exhaust
+  carries 14–15.5 % carbon whatever its O2, so a misfiring car at lambda 1 (O2, CO and HC
+  all high) is not taken for a leak. VMAS decelerations are skipped as above (the engine
+  is lean there, and a fabricated OBD lambda would not say so). Needs an OBD lambda;
+  without one only the first check runs.
 
 Applies to the gasoline methods in ``methods``. High severity when CO+CO2 stays low for
 ``high_seconds`` (3) seconds or more, or O2 stays high for twice the minimum.
@@ -38,7 +40,7 @@ class ProbeDilutionDetector(segments.PerTestDetector):
         "max_o2_pct": 2.0,
         "min_o2_seconds": 5,
         "obd_lambda_band": [0.97, 1.03],
-        "leak_max_co_co2_pct": 14.0,
+        "leak_max_carbon_pct": 14.0,
         "methods": ["idle", "asm5025", "asm2540", "vmas"],
         "skip_vmas_decel": True,
         "decel_hold_s": 6,
@@ -63,9 +65,10 @@ class ProbeDilutionDetector(segments.PerTestDetector):
         best: list[segments.Second] = []
         for s in scored:
             v = s.values
-            leak = (v.get("o2_pct", 0.0) > p["max_o2_pct"] and "obd_lambda" in v
-                    and lo_l <= v["obd_lambda"] <= hi_l
-                    and v["co_pct"] + v["co2_pct"] < p["leak_max_co_co2_pct"])
+            carbon = v["co_pct"] + v["co2_pct"] + 6e-4 * v.get("hc_ppm", 0.0)
+            leak = (s.t not in decel and v.get("o2_pct", 0.0) > p["max_o2_pct"]
+                    and "obd_lambda" in v and lo_l <= v["obd_lambda"] <= hi_l
+                    and carbon < p["leak_max_carbon_pct"])
             if leak and (not run or s.t == run[-1].t + 1):
                 run.append(s)
             elif leak:

@@ -15,12 +15,13 @@ Rules (proposed):
 
   - **shape**: Pearson r > ``min_r`` (0.98, the shared document's value) on every signal
     of ``signals`` (CO2 and HC), or
-  - **level**: r > ``level_min_r`` (0.95) on CO2 and every signal of ``level_signals``
-    (CO2, O2, HC, NO, CO) has the same mean within ``max_level_z`` (4) standard errors
-    (noise estimated from second-to-second differences). On simulated fleets, shape
-    alone misses substitutes whose HC is mostly analyzer noise (very clean cars), while
-    two different cars practically never share five exhaust levels: measured over 1770
-    clean pairs the smallest level distance was 7 standard errors.
+  - **level**: r > ``level_min_r`` (0.95) on CO2 and the mean levels of
+    ``level_signals`` (CO2, O2, HC, NO, CO) agree: the sum of squared z-scores of the
+    mean differences (noise estimated from second-to-second differences) stays below the
+    chi-square quantile for ``level_alpha`` (0.001), i.e. the runs differ by no more than
+    instrument noise. On simulated fleets shape alone misses substitutes whose HC is
+    mostly analyzer noise (very clean cars), while two different cars practically never
+    share five exhaust levels (benchmarks/detect_bench_vehicle.py measures both).
 * fail→pass — the same plate (or VIN) fails and then passes within ``max_retest_min`` (30)
   minutes at the site. The lane's ``result`` is used; without one the test is scored from
   its samples against the site's limits.
@@ -59,7 +60,7 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
         "smooth_s": 3,
         "level_signals": ["co2_pct", "o2_pct", "hc_ppm", "no_ppm", "co_pct"],
         "level_min_r": 0.95,
-        "max_level_z": 4.0,
+        "level_alpha": 0.001,
         "curve_methods": ["vmas"],
         "max_lag_s": 2,
         "min_curve_seconds": 60,
@@ -112,7 +113,7 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
             f"{'、'.join(plates)}（相关系数 {rtxt}），疑似替车检测或回放数据",
             {"check": "curves", "matched_tests": rs, "test_ids": [test.id, *rs],
              "plates": [test.vehicle, *plates], "best_match": best[0].test_id,
-             "thresholds": {k: p[k] for k in ("min_r", "level_min_r", "max_level_z",
+             "thresholds": {k: p[k] for k in ("min_r", "level_min_r", "level_alpha",
                                               "smooth_s", "max_lag_s")}},
             scored)]
 
@@ -172,9 +173,10 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
             (ma, sa), (mb, sb) = a.levels[s], b.levels[s]
             se = math.hypot(sa, sb)
             zs[s] = abs(ma - mb) / se if se > 0 else (0.0 if ma == mb else math.inf)
-        if max(zs.values()) > p["max_level_z"]:
+        chi2 = sum(z * z for z in zs.values())
+        if chi2 > _chi2_quantile(len(zs), 1.0 - p["level_alpha"]):
             return None
-        return {"by": "level", "lag_s": lag, "r": _rounded(rs),
+        return {"by": "level", "lag_s": lag, "r": _rounded(rs), "level_chi2": round(chi2, 2),
                 "level_z": {k: round(v, 2) for k, v in zs.items()}}
 
     def _retest(self, test: segments.TestRecord) -> list[Alert]:
@@ -227,3 +229,10 @@ def _lagged_r(xa: list[float | None], xb: list[float | None], lag: int,
 
 def _rounded(rs: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in rs.items()}
+
+
+def _chi2_quantile(k: int, q: float) -> float:
+    """Chi-square quantile (Wilson–Hilferty), good to ~1 % for the few degrees used here."""
+    z = statistics.NormalDist().inv_cdf(q)
+    a = 2.0 / (9.0 * k)
+    return k * (1.0 - a + z * math.sqrt(a)) ** 3
