@@ -556,8 +556,8 @@ def environment(site: SiteInfo | None = None) -> Dashboard:
         panels=[
             Row("Pollutants vs limits / 污染物与限值"),
             *pollutant_panels,
-            Row("Flow, O2, conditions / 流量、氧含量、工况"),
-            *aux_panels,
+            *([Row("Flow, O2, conditions / 流量、氧含量、工况"), *aux_panels] if aux_panels
+              else []),
             Row("Flags and alerts / 标记与告警"),
             _flags_panel(env_conds),
             _flagged_panel(env_conds),
