@@ -540,6 +540,9 @@ def environment(site: SiteInfo | None = None) -> Dashboard:
             [qx.series([SITE, one_of("signal", sigs)], ("signal", "unit", "branch"),
                        alias="$tag_signal ($tag_unit) $tag_branch")],
             w=8, h=7, unit=unit, interval="1m"))
+    aux_section: list[Panel | Row] = []
+    if aux_panels:
+        aux_section = [Row("Flow, O2, conditions / 流量、氧含量、工况"), *aux_panels]
     env_conds = [SITE, one_of("signal", ENV_SIGNALS)]
     return Dashboard(
         uid, title,
@@ -556,8 +559,7 @@ def environment(site: SiteInfo | None = None) -> Dashboard:
         panels=[
             Row("Pollutants vs limits / 污染物与限值"),
             *pollutant_panels,
-            *([Row("Flow, O2, conditions / 流量、氧含量、工况"), *aux_panels] if aux_panels
-              else []),
+            *aux_section,
             Row("Flags and alerts / 标记与告警"),
             _flags_panel(env_conds),
             _flagged_panel(env_conds),
