@@ -11,6 +11,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)   # ingest-health dashboard queries
 if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -27,5 +28,8 @@ stamp=.venv/.stationseal-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e '.[dev]'
+  # Optional dashboards uploader; keep urllib3-future from replacing urllib3 (see pyproject).
+  URLLIB3_NO_OVERRIDE=1 .venv/bin/python -m pip install -q --no-binary urllib3-future \
+    'grafana-client>=4'
   touch "$stamp"
 fi
