@@ -153,10 +153,10 @@ def compute_results(
         put("co_pct", _mean(_col(rows, phases, "idle", "co_pct")))
         put("hc_ppm", _mean(_col(rows, phases, "idle", "hc_ppm")))
     elif method in ASM_SPEED:
-        # Fast mode scores seconds 15-25 of the mode; a test that went on to full mode is
-        # scored on its last 10 seconds.
+        # Fast mode scores seconds 15-25 of the mode; a test that went on to full mode (at
+        # least 10 s of it) is scored on its last 10 seconds.
         full = [i for i, p in enumerate(phases) if p == "full"]
-        idx = full[-10:] if full else [i for i, p in enumerate(phases) if p == "fast"]
+        idx = full[-10:] if len(full) >= 10 else [i for i, p in enumerate(phases) if p == "fast"]
         for sig in ("hc_ppm", "co_pct", "no_ppm"):
             put(sig, _mean([rows[i][sig] for i in idx if sig in rows[i]]))
     elif method == "vmas":

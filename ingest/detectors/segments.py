@@ -6,10 +6,12 @@ completed tests. :class:`TestAssembler` turns the streaming records of a site in
 :class:`TestRecord` objects, one per test and lane:
 
 * **With lane context** (``Sample.test`` and/or ``test_start``/``test_end`` events): a test
-  is the records carrying one test id. It closes when its lane starts another test, or
-  ``grace_s`` seconds after ``test_end`` (instruments' last second may be stamped after
-  the lane's end event), or at end of stream. Samples without context that fall inside
-  an open test of their lane (an untagged weather station) join it.
+  is the records carrying one test id. It closes once the site's samples have moved
+  ``grace_s`` (5 s) past its ``test_end`` and its last sample, or — if no end event
+  comes — after ten quiet gaps, or at end of stream. Samples without context that fall
+  between a test's start and end events (an untagged weather station, or a lane whose
+  instruments are not tagged at all) join it; a run of untagged samples that an end
+  event names afterwards is adopted by that test.
 * **Without context** the test is inferred: a lane is *active* while the analyzer sees
   exhaust (``co2_pct`` > 1 %), the dynamometer turns (``speed_kmh`` > 0.5) or an engine
   speed is read (``rpm``/``obd_rpm`` > 300); a test is a run of active seconds with no
@@ -23,7 +25,8 @@ completed tests. :class:`TestAssembler` turns the streaming records of a site in
   Its **phases** are inferred as a lane would label them (see :func:`infer_phases`).
 
 The lane of a sample is ``Sample.test.lane`` when present, else the instrument id's prefix
-before the last dot (``L2.analyzer`` → ``L2``), else "" (a single-lane site).
+before the last dot (``L2.analyzer`` → ``L2``), else the site's only lane if just one
+has been named (by events or tagged samples), else "".
 
 Seconds are aligned across instruments on the UTC second: a sample stamped at t belongs
 to second ``floor(t + 0.1)`` (lanes poll their instruments within the second; the 0.1 s
@@ -161,60 +164,96 @@ def is_active(values: Mapping[str, float]) -> bool:
 
 
 class TestAssembler:
-    """Streaming assembly of tests per (site, lane); see the module docstring."""
+    """Streaming assembly of tests per (site, lane); see the module docstring.
 
-    def __init__(self, gap_s: float = 30.0, grace_s: float = 3.0):
+    Tests close on the progress of *sample* time at their site, never on event time:
+    a service may hold samples back to reorder them while lane events pass straight
+    through, and a test must not close before its last samples are in.
+    """
+
+    def __init__(self, gap_s: float = 30.0, grace_s: float = 5.0):
         self.gap_s = gap_s
         self.grace_s = grace_s
-        self.open: dict[tuple[str, str], _Building] = {}
+        self.open: dict[tuple[str, str], dict[str, _Building]] = {}
+        self.watermark: dict[str, float] = {}
+        self.closed: dict[tuple[str, str], list[str]] = {}
+        self.lanes: dict[str, set[str]] = {}
+        #: Quiet samples outside any test, and samples of a test that had already closed.
         self.unassigned = 0
+        self.late = 0
 
     # -- feeding
     def on_sample(self, s: Sample) -> list[TestRecord]:
-        out = self._expire(s.site, s.time)
         ctx = s.test
         lane = lane_of(s.instrument, ctx.lane if ctx else None)
+        known = self.lanes.setdefault(s.site, set())
+        if lane:
+            known.add(lane)
+        elif len(known) == 1:
+            lane = next(iter(known))  # a single-lane site's untagged instrument
         key = (s.site, lane)
-        b = self.open.get(key)
+        wm = self.watermark[s.site] = max(self.watermark.get(s.site, -math.inf), s.time)
+        blds = self.open.setdefault(key, {})
+        active = is_active(s.values)
+        b: _Building | None
         if ctx is not None and ctx.id:
-            if b is not None and b.id != ctx.id:
-                out.append(self._close(key))
-                b = None
+            b = blds.get(ctx.id)
             if b is None:
-                b = self.open[key] = _Building(ctx.id, s.site, lane)
+                if ctx.id in self.closed.get(key, ()):
+                    self.late += 1
+                    return self._expire(s.site, wm)
+                b = blds[ctx.id] = _Building(ctx.id, s.site, key[1])
             b.method = b.method or ctx.method
             b.vehicle = b.vehicle or ctx.vehicle
-        elif b is None or (b.inferred and not is_active(s.values)
-                           and s.time - b.last_active > self.gap_s):
-            if not is_active(s.values):
-                self.unassigned += 1
-                return out
-            b = self.open[key] = _Building(f"{s.site}/{lane or '-'}/{second_of(s.time)}",
-                                           s.site, lane, inferred=True)
+        else:
+            b = self._covering(blds, s.time)
+            if b is None:
+                inferred = [x for x in blds.values() if x.inferred
+                            and s.time - x.last_active <= self.gap_s]
+                if inferred:
+                    b = inferred[-1]
+                elif active:
+                    tid = f"{s.site}/{key[1] or '-'}/{second_of(s.time)}"
+                    b = blds[tid] = _Building(tid, s.site, key[1], inferred=True)
+                else:
+                    self.unassigned += 1
+                    return self._expire(s.site, wm)
         b.samples.append(s)
-        if is_active(s.values):
-            b.last_active = s.time
-        return out
+        if active:
+            b.last_active = max(b.last_active, s.time)
+        return self._expire(s.site, wm)
 
     def on_event(self, e: SiteEvent) -> list[TestRecord]:
-        out = self._expire(e.site, e.time)
         if e.event not in ("test_start", "test_end"):
-            return out
+            return []
         d = e.detail
         tid = str(d.get("test_id") or "")
         if not tid:
-            return out
+            return []
         lane = lane_of(e.instrument, str(d.get("lane") or ""))
+        known = self.lanes.setdefault(e.site, set())
+        if lane and lane not in known:
+            known.add(lane)
+            if len(known) == 1 and (e.site, "") in self.open:
+                # Untagged samples seen before the lane was named belong to it.
+                self.open[(e.site, lane)] = self.open.pop((e.site, ""))
+                for moved in self.open[(e.site, lane)].values():
+                    moved.lane = lane
         key = (e.site, lane)
-        b = self.open.get(key)
-        if b is not None and b.id != tid and (e.event == "test_start" or not b.inferred):
-            out.append(self._close(key))
-            b = None
-        if b is None or b.inferred:
-            if b is not None:  # an inferred run was this test all along
+        blds = self.open.setdefault(key, {})
+        b = blds.get(tid)
+        if b is None:
+            # Samples without context may already have formed this test: adopt it.
+            run = [x for x in blds.values() if x.inferred and x.samples
+                   and x.samples[0].time - self.grace_s <= e.time
+                   and (e.event == "test_end" or e.time <= x.samples[0].time)]
+            if run:
+                b = run[-1]
+                del blds[b.id]
                 b.id, b.inferred = tid, False
             else:
-                b = self.open[key] = _Building(tid, e.site, lane)
+                b = _Building(tid, e.site, key[1])
+            blds[tid] = b
         b.method = b.method or str(d.get("method") or "")
         b.vehicle = b.vehicle or str(d.get("vehicle") or "")
         if e.origin is not None:
@@ -225,28 +264,58 @@ class TestAssembler:
         else:
             b.end_detail = dict(d)
             b.end_event_time = e.time
-        return out
+        return []
 
     def finish(self) -> list[TestRecord]:
-        return [self._close(k) for k in list(self.open)]
-
-    # -- internals
-    def _expire(self, site: str, now: float) -> list[TestRecord]:
         out = []
-        for key, b in list(self.open.items()):
-            if key[0] != site:
-                continue
-            ended = b.end_event_time is not None and now > b.end_event_time + self.grace_s
-            quiet = b.inferred and now - b.last_active > self.gap_s
-            # A test whose end event never came is closed once its lane has long been silent.
-            lost = (not b.inferred and b.end_event_time is None and bool(b.samples)
-                    and now - b.samples[-1].time > 10 * self.gap_s)
-            if ended or quiet or lost:
-                out.append(self._close(key))
+        for key in list(self.open):
+            for tid in list(self.open[key]):
+                out.append(self._close(key, tid))
+        out.sort(key=lambda r: r.start)
         return out
 
-    def _close(self, key: tuple[str, str]) -> TestRecord:
-        b = self.open.pop(key)
+    # -- internals
+    def _covering(self, blds: dict[str, _Building], t: float) -> _Building | None:
+        """The lane's test with context whose span covers ``t`` (latest start wins)."""
+        best: _Building | None = None
+        best_start = -math.inf
+        for b in blds.values():
+            if b.inferred:
+                continue
+            first = b.start_event_time if b.start_event_time is not None else (
+                b.samples[0].time if b.samples else None)
+            if first is None or t < first - self.grace_s:
+                continue
+            if b.end_event_time is not None and t > b.end_event_time + self.grace_s:
+                continue
+            if first > best_start:
+                best, best_start = b, first
+        return best
+
+    def _expire(self, site: str, wm: float) -> list[TestRecord]:
+        out = []
+        for key, blds in self.open.items():
+            if key[0] != site:
+                continue
+            for tid, b in list(blds.items()):
+                last = max((x.time for x in b.samples[-8:]), default=-math.inf)
+                if b.inferred:
+                    done = wm - b.last_active > self.gap_s
+                elif b.end_event_time is not None:
+                    done = wm > max(b.end_event_time, last) + self.grace_s
+                else:
+                    # A test whose end event never came closes once its lane falls silent.
+                    ref = last if b.samples else (b.start_event_time or wm)
+                    done = wm - ref > 10 * self.gap_s
+                if done:
+                    out.append(self._close(key, tid))
+        return out
+
+    def _close(self, key: tuple[str, str], tid: str) -> TestRecord:
+        b = self.open[key].pop(tid)
+        recent = self.closed.setdefault(key, [])
+        recent.append(b.id)
+        del recent[:-20]
         b.samples.sort(key=lambda s: s.time)
         rec = TestRecord(b.id, b.site, b.lane, b.method, b.vehicle, b.inferred, b.samples,
                          b.start_detail, b.end_detail, b.start_event_time, b.end_event_time)
@@ -302,10 +371,11 @@ def infer_phases(method: str, seconds: Sequence[Second]) -> None:
 
     idle: the last 30 s of the run at 2500 ± 200 rpm are high_idle (earlier ones
     high_idle_settle), the last 30 s below 1100 rpm after it are idle; asm: the mode clock
-    starts when the dyno first reaches the speed band (5 s settle, 10 s stable, fast to
-    25 s, full after); vmas: every second is trace; free_accel: every second is measure
-    (the result takes the last three snaps anyway); lug_down: the last 10 s are the 80 %
-    point and seconds 25..15 before the end the 100 % point (GB 3847 order).
+    starts the second after the dyno first reaches the speed band (5 s settle, 10 s
+    stable, fast to 25 s, full after); vmas: every second is trace; free_accel: every
+    second is measure (the result takes the last three snaps anyway); lug_down: the last
+    10 s are the 80 % point and seconds 25..15 before the end the 100 % point (GB 3847
+    order).
     """
     n = len(seconds)
     labels = ["" for _ in range(n)]
@@ -327,7 +397,7 @@ def infer_phases(method: str, seconds: Sequence[Second]) -> None:
         t0 = next((s.t for s in seconds if abs(s.values.get("speed_kmh", -99.0) - target)
                    <= band), None)
         for i, s in enumerate(seconds):
-            m = s.t - t0 if t0 is not None else -1
+            m = s.t - t0 - 1 if t0 is not None else -1
             labels[i] = ("accel" if m < 0 else "settle" if m < 5 else "stable" if m < 15
                          else "fast" if m < 25 else "full")
     elif method == "vmas":

@@ -28,7 +28,7 @@ def _by(samples, instrument, phases=None):
 
 @pytest.mark.parametrize("method", ["asm5025", "asm2540"])
 def test_clean_asm_gases_and_dynamometer(method: str) -> None:
-    samples, events = one_test(method, 4)
+    samples, _events = one_test(method, 4)
     scored = _by(samples, "analyzer", vres.SCORED_PHASES)
     assert scored
     for s in scored:
@@ -50,7 +50,7 @@ def test_clean_asm_gases_and_dynamometer(method: str) -> None:
 
 
 def test_vmas_follows_the_195_second_urban_cycle() -> None:
-    samples, events = one_test("vmas", 5)
+    samples, _events = one_test("vmas", 5)
     for instr in ("analyzer", "dyno", "flowmeter", "obd", "weather"):
         assert len(_by(samples, instr)) == 195, instr
     assert max(vmas_target(t) for t in range(195)) == 50.0
@@ -73,7 +73,7 @@ def test_obd_reads_the_same_engine_but_never_bit_identically() -> None:
 
 
 def test_two_speed_idle_phases() -> None:
-    samples, events = one_test("idle", 7)
+    samples, _events = one_test("idle", 7)
     hi = [s.values["rpm"] for s in _by(samples, "analyzer", {"high_idle"})]
     lo = [s.values["rpm"] for s in _by(samples, "analyzer", {"idle"})]
     assert len(hi) == 30 and len(lo) == 30
