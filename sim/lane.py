@@ -64,6 +64,10 @@ PRESETS: dict[str, str] = {
 }
 
 ValuesFn = Callable[[float], dict[str, Any]]
+#: After a test the probe stays in the tailpipe and the car on the rollers for a few
+#: seconds: the analyzer holds the exhaust for its line delay, then clears; rollers coast.
+TAIL_S = 6.0
+_LINE_DELAY_S = 3.0
 #: Tests whose per-second curves stay in memory (older ones keep only their label).
 _KEEP_CURVES = 50
 
@@ -325,6 +329,10 @@ class LaneDriver:
                 row = rows[k] if rows is not None and 0 <= k < len(rows) else None
                 if row is not None:
                     return {**row, "status": 0}
+            elif last is not None and t - last.end < TAIL_S:
+                tail = self._tail(role, last, t - last.end)
+                if tail is not None:
+                    return tail
             return self._idle(role, t)
 
     # -- schedule -------------------------------------------------------------------
@@ -516,6 +524,40 @@ class LaneDriver:
             out.update(lane_test_state=lc.STATE_FINISHED, lane_phase=0,
                        lane_result=lc.RESULT_CODES.get(test.result, 0))
         return out
+
+    def _tail(self, role: str, test: LaneTest, dt: float) -> dict[str, Any] | None:
+        """``dt`` seconds after ``test`` ended: exhaust held for the sample line's delay and
+        then cleared by room air, rollers coasting to a stop, the engine idling."""
+        rows = [r for r in test.rows.get(role, []) if r is not None]
+        if not rows:
+            return None
+        last = dict(rows[-1])
+        f = 1.0 if dt < _LINE_DELAY_S else math.exp(-(dt - _LINE_DELAY_S) / 1.2)
+        if role == "analyzer":
+            for k in ("co_pct", "hc_ppm", "no_ppm", "nox_ppm"):
+                if k in last:
+                    last[k] = vm._q(last[k] * f, 0.01 if k.endswith("_pct") else 1.0)
+            if "co2_pct" in last:
+                last["co2_pct"] = vm._q(f * last["co2_pct"] + (1 - f) * 0.04, 0.01)
+            if "o2_pct" in last:
+                last["o2_pct"] = vm._q(f * last["o2_pct"] + (1 - f) * vres.AIR_O2_PCT, 0.01)
+            if f < 1.0 and {"co2_pct", "co_pct", "o2_pct", "hc_ppm"} <= set(last):
+                carbon = last["co2_pct"] + last["co_pct"]
+                last["lambda"] = vm._q(vres.brettschneider(
+                    last["co2_pct"], last["co_pct"], last["o2_pct"], last["hc_ppm"]), 0.001) \
+                    if carbon > 1.0 else 0.0
+        elif role == "opacimeter":
+            last["k_m1"] = vm._q(last.get("k_m1", 0.0) * f, 0.001)
+            last["opacity_pct"] = vm._q(vres.opacity_from_k(last["k_m1"]), 0.01)
+        elif role in ("dyno", "obd"):
+            key = "speed_kmh" if role == "dyno" else "obd_speed_kmh"
+            v = max(0.0, last.get(key, 0.0) * (1.0 - dt / 4.0))
+            last[key] = vm._q(v, 0.01 if role == "dyno" else 1.0)
+            if role == "dyno":
+                last.update(target_speed_kmh=0.0, force_n=0.0, power_kw=0.0)
+        else:
+            return None
+        return {**last, "status": 0}
 
     def _idle(self, role: str, t: float) -> dict[str, Any]:
         """Instruments between tests: analyzer sampling room air, rollers still, no car on
