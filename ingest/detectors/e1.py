@@ -71,12 +71,13 @@ class NeighbourDepressionDetector(Detector):
 
     Each hour, for each signal in `signals`, the station's value is predicted from every
     neighbour: the neighbour's value times the station's typical ratio to that neighbour
-    (30-day rolling mean of the log ratio, `history_h`), on ``ln(value + offset)`` so that
-    clean hours do not dominate. The residual is the station's log value minus the median
-    of those predictions, standardised by the residual's own rolling mean and standard
-    deviation σ (hours more than `sigma` σ out are clipped before entering σ, so a fraud
-    cannot inflate its own yardstick). No judgement before `min_history_h` hours of history
-    or with fewer than `min_neighbours` neighbours reporting.
+    (30-day rolling mean of the log ratio, `history_h`), on ``ln(value + offset)``
+    (`offset` in the signal's unit) so that clean hours do not dominate. The residual is
+    the station's log value minus the median of those predictions, standardised by the
+    residual's own rolling mean and standard deviation σ (hours more than `sigma` σ out
+    are clipped before entering σ, so a fraud cannot inflate its own yardstick). No
+    judgement before `min_history_h` hours of history or with fewer than `min_neighbours`
+    neighbours reporting.
 
     The shared rule is "> 3σ below neighbours' median for ≥ 2 h". Real neighbours differ
     by more than that for a few hours now and then (fronts reach suburban stations first),
@@ -85,16 +86,17 @@ class NeighbourDepressionDetector(Detector):
     `sigma` σ sustained for `min_hours` (S below ``-(sigma - cusum_k) * min_hours``): two
     hours at 3σ trigger it, and so do four at 2σ. The episode ends after `recover_hours`
     hours back within `cusum_k` σ; its window and means cover the depressed hours
-    (z below ``-cusum_k``). Neighbourhoods also drift apart by 15–25 %
-    for a day or two (local sources, a sea breeze); an alert therefore also needs the
-    station to have read at least `min_drop_pct` below expected over the episode — a
-    blocked or wetted inlet removes far more than that.
+    (z below ``-cusum_k``). Neighbourhoods also drift apart by 15–25 % for a day or two
+    (local sources, a sea breeze); an alert therefore also needs the station to have read
+    at least `min_drop_pct` below expected over the episode — a blocked or wetted inlet
+    removes far more than that.
 
     Neighbours: the site's `neighbours` list in SITES.yaml, else the nearest air-quality
     sites within `radius_km` (at most `max_neighbours`). An hour is judged once the stream
     has moved `lateness_h` hours beyond it, so neighbours arriving a little late still count.
 
-    Second check: PM2.5 above PM10 (``pm25 > pm10 * (1 + ratio_tol) + ratio_abs``) for
+    Second check: PM2.5 above PM10 (``pm25 > pm10 * (1 + ratio_tol) + ratio_abs``, with
+    `ratio_tol` and `ratio_abs` absorbing the two analyzers' tolerances) for
     `ratio_hours` consecutive hours — physically impossible when both inlets sample the
     same air, but also seen with separate analyzers in humid air (real Beijing data has
     it every month), hence low severity.

@@ -42,8 +42,9 @@ class DilutionDetector(Detector):
     *Dilution*: O2 (`o2_signal`) above the `o2_quantile` of the stack's own last
     `history_h` running hours by more than `o2_margin_pct` (after `min_history_h` hours),
     while at least one pollutant with a limit (`pollutants`) reads in
-    ``[near_frac * L, L]`` — or reads under its limit although its O2-corrected value
-    ``C × (21 − o2_ref_pct) / (21 − O2)`` is above it ("hidden exceedance": the
+    ``[near_frac * L, L]`` (`near_frac`) — or reads under its limit although its
+    O2-corrected value ``C × (21 − o2_ref_pct) / (21 − O2)`` (`o2_ref_pct`, the reference
+    O2 of the applicable standard: 6 % for coal-fired boilers) is above it ("hidden exceedance": the
     corrected/measured ratio is what dilution distorts). The shared rule compares with
     same-type stacks; a stack's own history is what every installation has, and a
     regulator can substitute a fleet figure through `o2_quantile`/`o2_margin_pct`.

@@ -54,12 +54,12 @@ class ChannelTamperingDetector(Detector):
     `min_distinct` distinct values so that quantised or flat data cannot fake a perfect
     fit). A logger that computes one channel from another, or copies it with an offset,
     gives ``|r|`` close to 1; real channels driven by different processes do not stay
-    that close. The shared rule is ``|r| > r_threshold`` over 24 h. Real ambient data
+    that close. The shared rule is ``|r| > 0.98`` over 24 h (`r_threshold`). Real ambient data
     reach 0.98 now and then (everything accumulates under an inversion), so the defaults
     pair pollutants with O3 (photochemical, not co-emitted) and leave out NO2–O3
     (titration makes that pair anti-correlated for real).
 
-    Severity: medium while ``|r| > r_threshold``; high once ``|r| >= r_high`` for
+    Severity: medium while ``|r| > r_threshold``; high once ``|r| >= r_high`` (`r_high`) for
     `high_hours` consecutive hours (a channel that is a formula of another).
 
     *Reported ≠ measured*: the HJ 212 reconciliation compares what the logger reported

@@ -76,6 +76,8 @@ class _Distinct:
     counts: dict[float, int] = field(default_factory=dict)
     since: float | None = None  # start of the current few-distinct episode
     level: int = 0
+    values: list[float] = field(default_factory=list)  # the distinct values while it held
+    last_hit: float = 0.0
     origins: Origins = field(default_factory=Origins)
 
 
@@ -125,8 +127,9 @@ class FlatLineDetector(Detector):
     distinct values — medium, high once it has lasted `high_hours`. Repeated days — high:
     a varied day repeating to the digit does not happen by chance. Evidence gives the value,
     duration, sample count, the floor level and the origins (gateway, sequence range) of the
-    samples in the run; a long flat line is also what a stuck analyzer produces, and the
-    summary says so (an enforcement officer decides which).
+    samples in the run. An alert still growing is re-sent every `update_every_h` hours so
+    that live delivery sees its end move. A long flat line is also what a stuck analyzer
+    produces, and the summary says so (an enforcement officer decides which).
     """
 
     rule: ClassVar[str] = "E4"
@@ -293,7 +296,7 @@ class FlatLineDetector(Detector):
         hours = (end - d.since) / HOUR + float(self.p["window_h"])
         start = d.since - self.window_s
         sev: Severity = "high" if hours >= self.p["high_hours"] else "medium"
-        vals = sorted(d.counts)
+        vals = d.values
         ev: dict[str, Any] = {
             "finding": "few_distinct_values",
             "signal": sig,
@@ -345,6 +348,8 @@ class FlatLineDetector(Detector):
             floor, _ = self._is_floor(key, mean)
             hit = not floor
         if hit:
+            d.values = sorted(counts)
+            d.last_hit = t
             if s is not None:
                 d.origins.add(s.origin)
             if d.since is None:
@@ -359,7 +364,7 @@ class FlatLineDetector(Detector):
                 out.append(self._distinct_alert(key, d, t, final=False))
         elif d.since is not None:
             if d.level:
-                out.append(self._distinct_alert(key, d, t, final=True))
+                out.append(self._distinct_alert(key, d, d.last_hit, final=True))
             d.since = None
             d.level = 0
 
@@ -485,8 +490,8 @@ class FlatLineDetector(Detector):
         for key in list(self._runs):
             self._end_run(key, out)
         for key, d in self._distinct.items():
-            if d.since is not None and d.level and d.buf:
-                out.append(self._distinct_alert(key, d, d.buf[-1][0], final=True))
+            if d.since is not None and d.level:
+                out.append(self._distinct_alert(key, d, d.last_hit, final=True))
         for rkey in list(self._repeats):
             self._close_repeat(rkey[:3], rkey[3], out)
         return out

@@ -30,6 +30,7 @@ class _Channel:
     since: float | None = None
     level: int = 0
     next_update: float = 0.0
+    max_share: float = 0.0
 
 
 class NearLimitDetector(Detector):
@@ -37,8 +38,9 @@ class NearLimitDetector(Detector):
 
     For every signal that has a limit in SITES.yaml (or only those in `signals`, when set),
     the hourly means of the last `window_h` hours are sorted into below the band, in the
-    band ``[band_low * L, band_high * L]`` and above the limit. Hours in which the plant is
-    stopped (site flow signal at or below `flow_min`) are left out: a stopped stack reads
+    band ``[band_low * L, band_high * L]`` (`band_low`, `band_high`) and above the limit.
+    Hours in which the plant is stopped (site flow signal at or below `flow_min`) are left
+    out: a stopped stack reads
     near zero and would hide the pattern. The window is judged only when at least
     `min_coverage` of its hours have a value.
 
@@ -47,6 +49,7 @@ class NearLimitDetector(Detector):
     shared rule is "more than `share` of hourly values in [0.9 L, L] over 7 days".
 
     Severity: medium when the share in the band exceeds `share`; high from `high_share`.
+    An ongoing finding is re-sent every `update_every_h` hours.
     Holding values near a limit is not unlawful in itself, which is why the default is not
     high. Evidence: limit, band, share, counts below/in/above, coverage, mean of the in-band
     values, the window and the origins of the in-band hours.
@@ -105,6 +108,8 @@ class NearLimitDetector(Detector):
                 if ch.since is None:
                     ch.since = ch.hours[0][0]
                     ch.level = 0
+                    ch.max_share = 0.0
+                ch.max_share = max(ch.max_share, share)
                 if level > ch.level or h.start >= ch.next_update:
                     ch.level = max(level, ch.level)
                     ch.next_update = h.start + float(p["update_every_h"]) * HOUR
@@ -134,6 +139,7 @@ class NearLimitDetector(Detector):
             "limit": lim,
             "band": [num(lo), num(hi)],
             "share_in_band": num(share, 3),
+            "max_share_in_band": num(ch.max_share, 3),
             "threshold_share": p["share"],
             "hours_below_band": ch.counts[BELOW],
             "hours_in_band": ch.counts[IN_BAND],

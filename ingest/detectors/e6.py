@@ -56,7 +56,7 @@ class FlagAbuseDetector(Detector):
     log does not cover at least `min_log_coverage` of it. The log is the sealed events
     ``maintenance_start``/``maintenance_end``, ``maintenance`` (detail ``start``, ``end``)
     and ``instrument_fault``/``instrument_recovered`` for that instrument (or detail
-    ``instrument: "*"`` for the whole site).
+    ``instrument: "*"`` for the whole site), kept for `log_retention_days`.
 
     Severity: medium; high when the period lasts `high_hours` or when a limited signal
     read at least `near_frac` of its limit within `lookback_h` hours before the flags

@@ -44,7 +44,8 @@ class _Run:
 class LowVariabilityDetector(Detector):
     """E7 — variability far below the site's own history, day after day.
 
-    Per signal, each UTC day with at least `min_hours_per_day` hourly means (plant running,
+    Per signal (all measured signals, or only those in `signals` when set), each UTC day
+    with at least `min_hours_per_day` hourly means (plant running — flow above `flow_min` —
     where the site has a flow signal) gets a coefficient of variation CV = std / mean of
     its hourly means. A day is "quiet" when its CV is below `ratio` times the median CV of
     the site's previous `history_days` judged days (at least `min_history_days` of them;

@@ -49,7 +49,8 @@ def _target(register: str) -> str | None:
 class CalibrationStepDetector(Detector):
     """E8 — a calibration register changed and the readings stepped right after.
 
-    A calibration change is either a sealed ``calibration_change`` event (detail
+    A calibration change is either a sealed event named in `events` (by default
+    ``calibration_change``; detail
     ``register`` such as ``span_coeff.so2_mgm3``, or ``signal``; ``old``, ``new``) or a
     change in a sampled parameter register (``span_coeff.<signal>``,
     ``zero_offset.<signal>``). For the channel it names (every channel when it names

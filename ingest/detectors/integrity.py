@@ -127,15 +127,21 @@ class _IntegrityRule(Detector):
                       test_id=test_id)]
 
 
+_CONTEXT_DOC = """
+    "During" means: a vehicle test is running (between ``test_start`` and ``test_end``
+    events, or a sample carrying a test within `test_hold_s` seconds of the event), or the
+    latest reading of an environmental site, within `exceed_hold_s` seconds, is above its
+    limit. Then the severity is `during_severity`.
+"""
+
+
 class ChainGapRule(_IntegrityRule):
     """I-GAP — sequence numbers that never arrived and no signed drop covers them.
 
     Event ``chain_gap`` (detail ``first_seq``, ``last_seq``, ``count``), from the ingest
     chain tracker once the gap is overdue. Frames lost in transit or withheld: the site's
-    data for that span cannot be shown complete. Severity `severity`, `during_severity`
-    during a vehicle test (a sample with a test within `test_hold_s`, or between
-    ``test_start`` and ``test_end``) or while the site's latest reading (within
-    `exceed_hold_s`) exceeds its limit.
+    data for that span cannot be shown complete. Severity `severity`; `during_severity`
+    during a test or exceedance.
     """
 
     rule: ClassVar[str] = "I-GAP"
@@ -187,7 +193,7 @@ class SignatureRule(_IntegrityRule):
     Events ``bad_signature`` / ``chain_bad_signature``, ``unknown_key``, ``revoked_key``,
     ``key_expired``, ``key_not_yet_valid`` (the quarantine reasons of
     stationseal.verify). Altered frames or a forged or retired key. Severity `severity`
-    (high by default).
+    (high by default); `during_severity` during a test or exceedance.
     """
 
     rule: ClassVar[str] = "I-SIG"
@@ -261,3 +267,9 @@ class OfflineRule(_IntegrityRule):
     DEFAULTS: ClassVar[dict[str, Any]] = {"severity": "low", **_COMMON_DEFAULTS}
     TEXT_EN = "{event}: {error}."
     TEXT_ZH = "仪器或网关离线（{event}）：{error}。"
+
+
+for _cls in (ChainGapRule, ChainForkRule, ChainReplayRule, SignatureRule, DataDroppedRule,
+             ClockJumpRule, CalibrationChangeRule, OfflineRule):
+    _cls.__doc__ = (_cls.__doc__ or "").rstrip() + "\n" + _CONTEXT_DOC
+del _cls

@@ -74,7 +74,7 @@ def _time(obj: dict[str, Any]) -> float:
     try:
         return from_rfc3339(v)
     except ValueError as e:
-        why = f"{v!r}: {e}" if "offset" in str(e) else f"{v!r}: not RFC 3339"
+        why = f"{v!r}: no UTC offset" if "offset" in str(e) else f"{v!r}: not RFC 3339"
         raise _Bad("time", why) from None
     except OverflowError:
         raise _Bad("time", f"{v!r}: out of range") from None

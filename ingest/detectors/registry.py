@@ -74,11 +74,13 @@ class Registry:
 
 
 def _classes_in(module: Any) -> list[type[Detector]]:
-    return [
-        c
-        for _, c in inspect.getmembers(module, inspect.isclass)
-        if issubclass(c, Detector) and c.__module__ == module.__name__ and c.rule
-    ]
+    """Detector classes defined in ``module``, in definition order, each once."""
+    found: dict[type[Detector], None] = {}
+    for c in vars(module).values():
+        if inspect.isclass(c) and issubclass(c, Detector) and c.__module__ == module.__name__ \
+                and c.rule:
+            found[c] = None
+    return list(found)
 
 
 @lru_cache(maxsize=1)
@@ -104,11 +106,17 @@ def discover() -> Registry:
     return reg
 
 
+_ALL_KINDS = {"vehicle_inspection", "stack_cems", "air_quality", "water_quality"}
+
+
+def _kinds(cls: type[Detector], sep: str) -> str:
+    return "all" if set(cls.kinds) == _ALL_KINDS else sep.join(cls.kinds)
+
+
 def listing(reg: Registry) -> str:
-    lines = [f"{'rule':<10} {'kinds':<44} title"]
+    lines = [f"{'rule':<10} {'site kinds':<38} title"]
     for info in reg.rules.values():
-        kinds = ",".join(info.cls.kinds)
-        lines.append(f"{info.rule:<10} {kinds:<44} {info.title}")
+        lines.append(f"{info.rule:<10} {_kinds(info.cls, ','):<38} {info.title}")
     if reg.missing:
         mods = ", ".join(f"{PACKAGE.replace('.', '/')}/{m}.py" for m in reg.missing)
         lines.append(f"not installed: {mods}")
@@ -140,7 +148,7 @@ def markdown(reg: Registry) -> str:
         "|---|---|---|",
     ]
     for info in reg.rules.values():
-        out.append(f"| [{info.rule}](#{info.rule.lower()}) | {', '.join(info.cls.kinds)} "
+        out.append(f"| [{info.rule}](#{info.rule.lower()}) | {_kinds(info.cls, ', ')} "
                    f"| {info.title} |")
     if reg.missing:
         out += ["", "Not installed: " + ", ".join(f"`{m}.py`" for m in reg.missing) + "."]
@@ -152,7 +160,7 @@ def markdown(reg: Registry) -> str:
             f"## {info.rule}",
             "",
             f"**{info.title}** — `{info.module}.{info.cls.__name__}`, site kinds: "
-            f"{', '.join(info.cls.kinds)}.",
+            f"{_kinds(info.cls, ', ')}.",
         ]
         if body:
             out += ["", body]
