@@ -175,13 +175,34 @@ class OutboxConfig(StrictModel):
     fsync_interval_s: float = Field(default=1.0, gt=0, le=300)
 
 
+class Hj212Serial(_SerialLine):
+    """The logger's upper-platform port wired to the gateway (RS-232/485)."""
+
+
 class Hj212Listener(StrictModel):
-    """Accept HJ 212 frames from the site's data logger (reported-vs-measured checks)."""
+    """Accept HJ 212 frames from the site's data logger (reported-vs-measured checks).
+    agent/hj212_source.py reads it; docs/hj212.md, "The gateway as upper platform"."""
 
     host: str = "0.0.0.0"
-    port: int = Field(ge=1, le=65535)
+    #: TCP port the logger connects to (required unless ``serial`` is given)
+    port: int | None = Field(default=None, ge=1, le=65535)
     #: MN codes accepted (empty: any)
     mn: list[str] = Field(default_factory=list)
+    #: instrument id of the reported values (aggregates: ``<id>.minute/.hour/.day``)
+    instrument: str = Field(default="logger", pattern=ID)
+    #: how often buffered frames are handed to the sealer (answers wait for sealing)
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    #: a frame not sealed within this time is not answered (the logger resends it)
+    ack_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    #: file holding the logger's SM4 key (32 hex digits), HJ 212-2025 encrypted CP
+    sm4_key_file: SitePath | None = None
+    serial: Hj212Serial | None = None
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> Hj212Listener:
+        if self.port is None and self.serial is None:
+            raise ValueError("port: required (or serial: for a logger on a serial line)")
+        return self
 
 
 class ClockConfig(StrictModel):

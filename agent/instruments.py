@@ -64,5 +64,11 @@ def build_instrument(inst_cfg: InstrumentConfig, profile: Profile, site_dir: Pat
 def build_instruments(cfg: SiteConfig) -> list[Instrument]:
     """Readers for every instrument of a site, sharing buses among themselves."""
     pool = BusPool()
-    return [build_instrument(i, cfg.profile(i), cfg.site_dir, buses=pool)
-            for i in cfg.instruments]
+    out = [build_instrument(i, cfg.profile(i), cfg.site_dir, buses=pool)
+           for i in cfg.instruments]
+    if cfg.hj212 is not None:
+        # The site's HJ 212 data logger, heard as one more upper platform.
+        from agent.hj212_source import HJ212Source
+
+        out.append(HJ212Source.from_site_config(cfg))
+    return out

@@ -217,6 +217,12 @@ class Agent:
         self.transport = self.make_transport(self.birth())
         self.dispatcher.attach(self.transport)
         self.sealer.boot(AGENT_VERSION, self.config_hash, profiles=self.profiles)
+        for inst in self.instruments:
+            # Push sources (the HJ 212 logger, agent/hj212_source.py) answer their peer
+            # only once its data are sealed: they need to see the sealer.
+            bind = getattr(inst, "bind_sealer", None)
+            if bind is not None:
+                bind(self.sealer)
 
     def birth(self) -> dict[str, Any]:
         """Retained on ``<prefix>/<gateway>/status`` while connected."""
