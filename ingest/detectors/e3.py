@@ -21,28 +21,74 @@ from stationseal.records import SiteEvent, from_rfc3339
 MISMATCH_EVENT = "reported_mismatch"
 
 
+class _Sums:
+    """Running sums of a sliding window of (x, y) pairs, shifted by the first pair seen.
+
+    The shift keeps ``Σx² − n·x̄²`` well conditioned for channels with a large mean and a
+    small spread (flows in m³/h); sums are rebuilt exactly from the window every
+    ``rebuild`` additions so rounding cannot accumulate.
+    """
+
+    __slots__ = ("cx", "cy", "kx", "ky", "n", "rebuild", "since", "sx", "sxx", "sxy", "sy",
+                 "syy")
+
+    def __init__(self, x: float, y: float, rebuild: int) -> None:
+        self.kx, self.ky = x, y
+        self.n = 0
+        self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
+        self.cx: dict[float, int] = {}
+        self.cy: dict[float, int] = {}
+        self.rebuild = rebuild
+        self.since = 0
+
+    def add(self, x: float, y: float, sign: int = 1) -> None:
+        u, v = x - self.kx, y - self.ky
+        self.n += sign
+        self.sx += sign * u
+        self.sy += sign * v
+        self.sxx += sign * u * u
+        self.syy += sign * v * v
+        self.sxy += sign * u * v
+        for c, k in ((self.cx, x), (self.cy, y)):
+            m = c.get(k, 0) + sign
+            if m:
+                c[k] = m
+            else:
+                del c[k]
+
+    def reset_from(self, pts: deque[tuple[float, float, float, Origins]]) -> None:
+        self.n = 0
+        self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
+        self.cx.clear()
+        self.cy.clear()
+        for _, x, y, _ in pts:
+            self.add(x, y)
+        self.since = 0
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(r, slope, intercept) of y on x, or None if either channel is constant."""
+        n = self.n
+        sxx = self.sxx - self.sx * self.sx / n
+        syy = self.syy - self.sy * self.sy / n
+        if sxx <= 1e-12 * max(self.sxx, 1e-300) or syy <= 1e-12 * max(self.syy, 1e-300):
+            return None
+        sxy = self.sxy - self.sx * self.sy / n
+        slope = sxy / sxx
+        mx, my = self.sx / n + self.kx, self.sy / n + self.ky
+        r = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+        return r, slope, my - slope * mx
+
+
 @dataclass(slots=True)
 class _Pair:
     pts: deque[tuple[float, float, float, Origins]] = field(default_factory=deque)
+    sums: _Sums | None = None
     since: float | None = None
     last: float = 0.0
     level: int = 0
     high_run: int = 0
     best_r: float = 0.0
     fit: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0)
-
-
-def correlation(xs: list[float], ys: list[float]) -> tuple[float, float, float] | None:
-    """(r, slope, intercept) of y on x, or None if either series is constant."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    if sxx <= 0 or syy <= 0:
-        return None
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    slope = sxy / sxx
-    return sxy / math.sqrt(sxx * syy), slope, my - slope * mx
 
 
 class ChannelTamperingDetector(Detector):
@@ -106,18 +152,25 @@ class ChannelTamperingDetector(Detector):
             if a not in h.values or b not in h.values:
                 continue
             key = (h.site, h.instrument, a, b)
+            x, y = h.values[a], h.values[b]
             st = self._pairs.get(key)
             if st is None:
                 st = self._pairs[key] = _Pair()
-            st.pts.append((h.start, h.values[a], h.values[b], h.origins))
+            sums = st.sums
+            if sums is None:
+                sums = st.sums = _Sums(x, y, 4 * int(p["window_h"]))
+            st.pts.append((h.start, x, y, h.origins))
+            sums.add(x, y)
             while st.pts[0][0] <= h.start - span:
-                st.pts.popleft()
+                _, ox, oy, _ = st.pts.popleft()
+                sums.add(ox, oy, -1)
+            sums.since += 1
+            if sums.since >= sums.rebuild:
+                sums.reset_from(st.pts)
             res = None
-            if len(st.pts) >= p["min_points"]:
-                xs = [x for _, x, _, _ in st.pts]
-                ys = [y for _, _, y, _ in st.pts]
-                if len(set(xs)) >= p["min_distinct"] and len(set(ys)) >= p["min_distinct"]:
-                    res = correlation(xs, ys)
+            if sums.n >= p["min_points"] and len(sums.cx) >= p["min_distinct"] \
+                    and len(sums.cy) >= p["min_distinct"]:
+                res = sums.fit()
             if res is not None and abs(res[0]) > p["r_threshold"]:
                 r = res[0]
                 if st.since is None:

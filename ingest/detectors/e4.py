@@ -162,7 +162,8 @@ class FlatLineDetector(Detector):
         self._distinct: dict[tuple[str, str, str], _Distinct] = {}
         self._history: dict[tuple[str, str, str], SortedWindow] = {}
         self._hours: dict[tuple[str, str, str], dict[float, float]] = {}
-        self._repeats: dict[tuple[str, str, str, int], _Repeat] = {}
+        self._repeats: dict[tuple[str, str, str], dict[int, _Repeat]] = {}
+        self._lags = range(1, int(p["max_lag_days"]) + 1)
         self._flow = FlowState(sites, float(p["flow_min"]))
         self._last_time: dict[tuple[str, str], float] = {}
         # Few-distinct windows are only worth keeping when enough samples fit in a window.
@@ -173,15 +174,15 @@ class FlatLineDetector(Detector):
     def _is_floor(self, key: tuple[str, str, str], v: float) -> tuple[bool, float | None]:
         """At the instrument's floor: among the lowest values the channel reports *and*
         only a few resolution steps above zero (a detection limit, not just a low hour)."""
-        if resolution_steps(v) > self.p["floor_steps"]:
-            return False, None
         h = self._history.get(key)
         if h is None or not len(h):
-            return True, None
-        if len(h) < int(self.p["min_history_h"]):
-            return v <= max(h.sorted[0], 0.0), h.sorted[0]
-        q = h.quantile(float(self.p["floor_quantile"]))
-        return v <= q, q
+            low, q = True, None
+        elif len(h) < int(self.p["min_history_h"]):
+            low, q = v <= max(h.sorted[0], 0.0), h.sorted[0]
+        else:
+            q = h.quantile(float(self.p["floor_quantile"]))
+            low = v <= q
+        return low and resolution_steps(v) <= self.p["floor_steps"], q
 
     # -- flat line -----------------------------------------------------------------------
 
@@ -442,6 +443,7 @@ class FlatLineDetector(Detector):
         out: list[Alert] = []
         operating = self._flow.operating(h.site)
         max_lag = int(self.p["max_lag_days"])
+        start = h.start
         for sig, v in h.values.items():
             if is_parameter(sig):
                 continue
@@ -449,39 +451,43 @@ class FlatLineDetector(Detector):
             hist = self._history.get(key)
             if hist is None:
                 hist = self._history[key] = SortedWindow(int(self.p["history_h"]))
+                self._hours[key] = {}
+                self._repeats[key] = {}
             hist.add(v)
-            hours = self._hours.get(key)
-            if hours is None:
-                hours = self._hours[key] = {}
-            for lag in range(1, max_lag + 1):
-                rkey = (*key, lag)
-                prev = hours.get(h.start - lag * DAY)
-                rp = self._repeats.get(rkey)
-                if operating and prev is not None and prev == v:
-                    if rp is None:
-                        rp = self._repeats[rkey] = _Repeat(h.start, h.start)
-                    elif h.start - rp.last > HOUR:
+            hours = self._hours[key]
+            reps = self._repeats[key]
+            for lag in self._lags:
+                prev = hours.get(start - lag * DAY)
+                if operating and prev == v:
+                    rp = reps.get(lag)
+                    if rp is not None and start - rp.last > HOUR:
                         self._close_repeat(key, lag, out)
-                        rp = self._repeats[rkey] = _Repeat(h.start, h.start)
-                    rp.last = h.start
-                    rp.hours += 1
-                    if len(rp.distinct) < int(self.p["min_distinct"]):
-                        rp.distinct.add(v)
-                    if not rp.emitted and rp.hours >= self.p["repeat_hours"] and \
-                            len(rp.distinct) >= self.p["min_distinct"]:
-                        rp.emitted = True
-                        out.append(self._repeat_alert(key, lag, rp, final=False))
-                elif rp is not None:
+                        rp = None
+                    if rp is None:
+                        rp = reps[lag] = _Repeat(start, start)
+                    self._extend_repeat(key, lag, rp, start, v, out)
+                elif lag in reps:
                     self._close_repeat(key, lag, out)
-            hours[h.start] = v
-            cutoff = h.start - max_lag * DAY
+            hours[start] = v
             if len(hours) > 24 * (max_lag + 2):
+                cutoff = start - max_lag * DAY
                 for t in [t for t in hours if t < cutoff]:
                     del hours[t]
         return out
 
+    def _extend_repeat(self, key: tuple[str, str, str], lag: int, rp: _Repeat, start: float,
+                       v: float, out: list[Alert]) -> None:
+        rp.last = start
+        rp.hours += 1
+        if len(rp.distinct) < self.p["min_distinct"]:
+            rp.distinct.add(v)
+        if not rp.emitted and rp.hours >= self.p["repeat_hours"] and \
+                len(rp.distinct) >= self.p["min_distinct"]:
+            rp.emitted = True
+            out.append(self._repeat_alert(key, lag, rp, final=False))
+
     def _close_repeat(self, key: tuple[str, str, str], lag: int, out: list[Alert]) -> None:
-        rp = self._repeats.pop((*key, lag), None)
+        rp = self._repeats[key].pop(lag, None)
         if rp is not None and rp.emitted:
             out.append(self._repeat_alert(key, lag, rp, final=True))
 
@@ -492,6 +498,7 @@ class FlatLineDetector(Detector):
         for key, d in self._distinct.items():
             if d.since is not None and d.level:
                 out.append(self._distinct_alert(key, d, d.last_hit, final=True))
-        for rkey in list(self._repeats):
-            self._close_repeat(rkey[:3], rkey[3], out)
+        for key, reps in self._repeats.items():
+            for lag in list(reps):
+                self._close_repeat(key, lag, out)
         return out

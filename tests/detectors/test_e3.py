@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 
 from env_helpers import HOUR, T0, only, overlaps, run, site
 
+from ingest.detectors.e3 import _Sums
 from sim.cems import cems_series, cems_sites
 from sim.envpatterns import inject
 from stationseal.records import SiteEvent
@@ -45,3 +47,32 @@ def test_reported_mismatch_event_becomes_an_alert():
     assert by_sig["so2_mgm3"].evidence["relative_difference"] == 0.529
     assert by_sig["so2_mgm3"].evidence["origins"][0]["first_seq"] == 77
     assert by_sig["nox_mgm3"].severity == "medium"
+
+
+def test_sliding_sums_match_a_direct_computation():
+    rng = random.Random(9)
+    pts: deque = deque()
+    sums = None
+    for i in range(500):
+        x = 9.0e5 + rng.gauss(0, 50)  # large mean, small spread: the ill-conditioned case
+        y = 0.002 * x + rng.gauss(0, 0.05) if i % 100 < 60 else rng.gauss(3, 1)
+        sums = sums or _Sums(x, y, 96)
+        pts.append((float(i), x, y, None))
+        sums.add(x, y)
+        if len(pts) > 24:
+            _, ox, oy, _ = pts.popleft()
+            sums.add(ox, oy, -1)
+        sums.since += 1
+        if sums.since >= sums.rebuild:
+            sums.reset_from(pts)
+        if len(pts) == 24:
+            xs = [p[1] for p in pts]
+            ys = [p[2] for p in pts]
+            mx, my = sum(xs) / 24, sum(ys) / 24
+            sxx = sum((v - mx) ** 2 for v in xs)
+            syy = sum((v - my) ** 2 for v in ys)
+            sxy = sum((u - mx) * (v - my) for u, v in zip(xs, ys, strict=True))
+            r, slope, icpt = sums.fit()
+            assert abs(r - sxy / (sxx * syy) ** 0.5) < 1e-6
+            assert abs(slope - sxy / sxx) < 1e-6 * abs(sxy / sxx) + 1e-9
+            assert abs(icpt - (my - sxy / sxx * mx)) < 1e-3
