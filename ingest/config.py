@@ -173,6 +173,52 @@ class MetricsConfig(_Strict):
     and the supervisor on port serves all workers' metrics and the combined health."""
 
 
+class HJ212LoggerConfig(_Strict):
+    """One legacy site's data logger, known by its MN."""
+
+    mn: str = Field(min_length=1, max_length=64)
+    site: str = Field(min_length=1, max_length=64)
+    instrument: str = Field(default="logger", min_length=1, max_length=64)
+    sm4_key: str | None = None
+    """HJ 212-2025 SM4 key, 32 hex digits (or ``sm4_key_file``)."""
+    sm4_key_file: Path | None = None
+
+    def resolved_key(self) -> bytes | None:
+        text = _secret(self.sm4_key, self.sm4_key_file, f"hj212.loggers[{self.mn}].sm4_key_file")
+        if text is None:
+            return None
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 16:
+            raise ConfigError(f"hj212.loggers[{self.mn}]: SM4 key must be 32 hex digits")
+        return key
+
+
+class HJ212IngestConfig(_Strict):
+    """Legacy sites without a gateway send HJ 212 straight to ingest (ingest/hj212_ingest.py).
+    Their readings are stored unsigned (tag ``trust=unsigned``, docs/influx-schema.md)."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9212, ge=0, le=65535)
+    """0 picks a free port (tests)."""
+    loggers: list[HJ212LoggerConfig] = []
+    """MN -> site. Frames from an MN not listed are quarantined (and answered)."""
+    dedup_days: float = Field(default=30.0, gt=0)
+    """(MN, CN, QN, PNO) of stored frames are remembered this long: a resend is not
+    stored twice."""
+
+    @model_validator(mode="after")
+    def _unique_mn(self) -> HJ212IngestConfig:
+        seen: set[str] = set()
+        for lg in self.loggers:
+            if lg.mn in seen:
+                raise ValueError(f"MN {lg.mn} listed twice")
+            seen.add(lg.mn)
+        return self
+
+
 class IngestConfig(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     influx: InfluxConfig = InfluxConfig()
@@ -189,6 +235,8 @@ class IngestConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     detection: DetectionConfig = DetectionConfig()
     metrics: MetricsConfig = MetricsConfig()
+    hj212: HJ212IngestConfig | None = None
+    """TCP listener for HJ 212 loggers of legacy sites (started by worker 0)."""
 
     @property
     def db_path(self) -> Path:

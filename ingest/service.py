@@ -133,6 +133,12 @@ class IngestService:
         self.metrics.gauge_fn("backlog_messages", lambda: self.unacked)
         self.metrics.gauge_fn("mqtt_connected", lambda: 1 if self.connected.is_set() else 0)
         self.metrics.gauge_fn("webhook_outbox", self.store.outbox_size)
+        #: HJ 212 listener for legacy sites (ingest/hj212_ingest.py): one per service
+        self.hj212: Any = None
+        if cfg.hj212 is not None and shard_index == 0:
+            from ingest.hj212_ingest import HJ212Ingest
+
+            self.hj212 = HJ212Ingest(cfg, self.store, self.metrics, self.stop_event)
 
     # -- MQTT -----------------------------------------------------------------------
     @property
@@ -332,6 +338,8 @@ class IngestService:
             t.start()
             self._threads.append(t)
         self.webhooks.start()
+        if self.hj212 is not None:
+            self.hj212.start()
         m = self.cfg.mqtt
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
                                   properties=self._connect_props())
@@ -346,6 +354,8 @@ class IngestService:
         """Write and acknowledge what was received, then disconnect. If InfluxDB is down
         the unwritten frames stay unacknowledged in the broker."""
         self.stop_event.set()
+        if self.hj212 is not None:
+            self.hj212.stop()
         for t in self._threads:
             t.join(timeout)
         self.webhooks.join()

@@ -21,11 +21,14 @@ from ingest.detectors.common import check_param_types
 
 PACKAGE = "ingest.detectors"
 
-#: Every module a complete installation has, in listing order.
+#: Every module a complete installation has, in listing order. A name with a dot is a
+#: full module path: reconciliation of reported against measured data (ingest/reconcile/)
+#: raises its findings through the same framework.
 RULE_MODULES: tuple[str, ...] = (
     *(f"v{i}" for i in range(1, 11)),
     *(f"e{i}" for i in range(1, 9)),
     "integrity",
+    "ingest.reconcile.hj212",
 )
 
 
@@ -87,7 +90,7 @@ def _classes_in(module: Any) -> list[type[Detector]]:
 def discover() -> Registry:
     reg = Registry()
     for name in RULE_MODULES:
-        modname = f"{PACKAGE}.{name}"
+        modname = name if "." in name else f"{PACKAGE}.{name}"
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
