@@ -103,6 +103,14 @@ def scenario(days: int, per_rule: int, tests_per_lane: int, seed: int
     return samples, events, labels, kind
 
 
+def named_tests(a: Alert) -> set[str]:
+    """Tests an alert is about: its test_id and any listed in its evidence."""
+    named = {str(t) for t in a.evidence.get("test_ids") or []}
+    if a.test_id is not None:
+        named.add(a.test_id)
+    return named
+
+
 def score(alerts: Sequence[Alert], labels: Sequence[InjectionLabel], kind: dict[str, str],
           days: int) -> dict[str, Any]:
     final: dict[str, Alert] = {}
@@ -114,15 +122,14 @@ def score(alerts: Sequence[Alert], labels: Sequence[InjectionLabel], kind: dict[
         mine = [a for a in final.values() if a.rule == rule]
         if rule == "V10":
             targets = {s for s, k in kind.items() if k == "V10"}
-            hits = {a.site for a in mine if a.site in targets}
+            hits: set[str] = {a.site for a in mine if a.site in targets}
             tp = sum(a.site in targets for a in mine)
         else:
             targets = {t for r, t in labelled if r == rule}
             hits = set()
             tp = 0
             for a in mine:
-                named = set(a.evidence.get("test_ids") or []) | ({a.test_id} - {None})
-                good = named & targets
+                good = named_tests(a) & targets
                 hits |= good
                 tp += bool(good)
         out["rules"][rule] = {
@@ -193,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labelled = {(lb.rule, lb.test_id) for lb in labels}
         shown = 0
         for a in {a.key: a for a in alerts}.values():
-            named = set(a.evidence.get("test_ids") or []) | ({a.test_id} - {None})
-            if a.rule != "V10" and not any((a.rule, t) in labelled for t in named):
+            if a.rule != "V10" and not any((a.rule, t) in labelled for t in named_tests(a)):
                 print("FALSE", a.rule, a.site, a.test_id, kind.get(a.site), a.summary_en)
                 shown += 1
                 if shown >= args.show:

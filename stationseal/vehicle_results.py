@@ -131,12 +131,15 @@ def _col(
 
 
 def compute_results(
-    method: str, rows: Sequence[Mapping[str, float]], phases: Sequence[str]
+    method: str, rows: Sequence[Mapping[str, float]], phases: Sequence[str],
+    corrected: bool = False,
 ) -> dict[str, float]:
     """Score one test: ``rows[i]`` holds every signal measured in second i, ``phases[i]`` its phase.
 
     Fields that the data cannot support (a channel missing, a phase absent) are left out
     rather than guessed, so a caller can tell "not measured" from "measured zero".
+    ``corrected``: ASM values multiplied second by second by the analyzer's dilution factor
+    (and NO also by the humidity factor), as platforms that report corrected ASM results do.
     """
     if len(rows) != len(phases):
         raise ValueError(f"{len(rows)} rows but {len(phases)} phase labels")
@@ -158,7 +161,8 @@ def compute_results(
         full = [i for i, p in enumerate(phases) if p == "full"]
         idx = full[-10:] if len(full) >= 10 else [i for i, p in enumerate(phases) if p == "fast"]
         for sig in ("hc_ppm", "co_pct", "no_ppm"):
-            put(sig, _mean([rows[i][sig] for i in idx if sig in rows[i]]))
+            put(sig, _mean([rows[i][sig] * (_asm_factor(rows[i], sig) if corrected else 1.0)
+                            for i in idx if sig in rows[i]]))
     elif method == "vmas":
         out.update(_vmas_mass(rows, phases))
     elif method == "free_accel":
@@ -174,6 +178,13 @@ def compute_results(
     else:
         raise ValueError(f"unknown test method {method!r}")
     return out
+
+
+def _asm_factor(row: Mapping[str, float], sig: str) -> float:
+    f = row.get("dilution_factor", 1.0)
+    if sig == "no_ppm":
+        f *= row.get("humidity_factor", 1.0)
+    return f
 
 
 def _vmas_mass(rows: Sequence[Mapping[str, float]], phases: Sequence[str]) -> dict[str, float]:

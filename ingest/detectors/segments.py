@@ -28,7 +28,9 @@ The lane of a sample is ``Sample.test.lane`` when present, else the instrument i
 before the last dot (``L2.analyzer`` → ``L2``), else the site's only lane if just one
 has been named (by events or tagged samples), else "".
 
-Seconds are aligned across instruments on the UTC second: a sample stamped at t belongs
+Values carrying a data flag other than N (normal) or T (over range) are left out of the
+per-second view: the instrument itself said they are not measurements (calibration gas,
+fault). Seconds are aligned across instruments on the UTC second: a sample stamped at t belongs
 to second ``floor(t + 0.1)`` (lanes poll their instruments within the second; the 0.1 s
 allows for a clock a little ahead).
 """
@@ -166,16 +168,25 @@ def is_active(values: Mapping[str, float]) -> bool:
 class TestAssembler:
     """Streaming assembly of tests per (site, lane); see the module docstring.
 
-    Tests close on the progress of *sample* time at their site, never on event time:
-    a service may hold samples back to reorder them while lane events pass straight
-    through, and a test must not close before its last samples are in.
+    Tests close on the progress of *sample* time of every instrument of their lane, never
+    on event time or on other lanes: a service may hold each instrument's samples back to
+    reorder them while lane events pass straight through, and an idle instrument's last
+    samples stay held until it reports again — a test must not close before its last
+    samples are in. An instrument silent for ``max_hold_s`` (1 h) no longer holds tests
+    open. Tests are handed out in the lane's order. (So a lane's tests are judged when its
+    instruments have all reported past them, or at end of stream.)
     """
 
-    def __init__(self, gap_s: float = 30.0, grace_s: float = 5.0):
+    def __init__(self, gap_s: float = 30.0, grace_s: float = 5.0, max_hold_s: float = 3600.0):
         self.gap_s = gap_s
         self.grace_s = grace_s
+        self.max_hold_s = max_hold_s
+        self.pending: dict[tuple[str, str], list[TestRecord]] = {}
         self.open: dict[tuple[str, str], dict[str, _Building]] = {}
-        self.watermark: dict[str, float] = {}
+        self.watermark: dict[tuple[str, str], float] = {}
+        self.inst_watermark: dict[tuple[str, str], float] = {}
+        self.lane_instruments: dict[tuple[str, str], set[str]] = {}
+        self._checked: dict[tuple[str, str], float] = {}
         self.closed: dict[tuple[str, str], list[str]] = {}
         self.lanes: dict[str, set[str]] = {}
         #: Quiet samples outside any test, and samples of a test that had already closed.
@@ -192,7 +203,10 @@ class TestAssembler:
         elif len(known) == 1:
             lane = next(iter(known))  # a single-lane site's untagged instrument
         key = (s.site, lane)
-        wm = self.watermark[s.site] = max(self.watermark.get(s.site, -math.inf), s.time)
+        wm = self.watermark[key] = max(self.watermark.get(key, -math.inf), s.time)
+        ikey = (s.site, s.instrument)
+        self.inst_watermark[ikey] = max(self.inst_watermark.get(ikey, -math.inf), s.time)
+        self.lane_instruments.setdefault(key, set()).add(s.instrument)
         blds = self.open.setdefault(key, {})
         active = is_active(s.values)
         b: _Building | None
@@ -201,7 +215,7 @@ class TestAssembler:
             if b is None:
                 if ctx.id in self.closed.get(key, ()):
                     self.late += 1
-                    return self._expire(s.site, wm)
+                    return self._expire(key, wm)
                 b = blds[ctx.id] = _Building(ctx.id, s.site, key[1])
             b.method = b.method or ctx.method
             b.vehicle = b.vehicle or ctx.vehicle
@@ -217,11 +231,11 @@ class TestAssembler:
                     b = blds[tid] = _Building(tid, s.site, key[1], inferred=True)
                 else:
                     self.unassigned += 1
-                    return self._expire(s.site, wm)
+                    return self._expire(key, wm)
         b.samples.append(s)
         if active:
             b.last_active = max(b.last_active, s.time)
-        return self._expire(s.site, wm)
+        return self._expire(key, wm)
 
     def on_event(self, e: SiteEvent) -> list[TestRecord]:
         if e.event not in ("test_start", "test_end"):
@@ -267,10 +281,11 @@ class TestAssembler:
         return []
 
     def finish(self) -> list[TestRecord]:
-        out = []
         for key in list(self.open):
             for tid in list(self.open[key]):
-                out.append(self._close(key, tid))
+                self._close(key, tid)
+        out = [r for recs in self.pending.values() for r in recs]
+        self.pending.clear()
         out.sort(key=lambda r: r.start)
         return out
 
@@ -292,26 +307,39 @@ class TestAssembler:
                 best, best_start = b, first
         return best
 
-    def _expire(self, site: str, wm: float) -> list[TestRecord]:
-        out = []
-        for key, blds in self.open.items():
-            if key[0] != site:
-                continue
-            for tid, b in list(blds.items()):
-                last = max((x.time for x in b.samples[-8:]), default=-math.inf)
-                if b.inferred:
-                    done = wm - b.last_active > self.gap_s
-                elif b.end_event_time is not None:
-                    done = wm > max(b.end_event_time, last) + self.grace_s
-                else:
-                    # A test whose end event never came closes once its lane falls silent.
-                    ref = last if b.samples else (b.start_event_time or wm)
-                    done = wm - ref > 10 * self.gap_s
-                if done:
-                    out.append(self._close(key, tid))
+    def _expire(self, key: tuple[str, str], wm: float) -> list[TestRecord]:
+        if wm - self._checked.get(key, -math.inf) < 1.0:
+            return []  # once per second of lane time is enough
+        self._checked[key] = wm
+        out: list[TestRecord] = []
+        blds = self.open.get(key, {})
+        # Every instrument of the lane must have moved on, not just the fastest: one that
+        # is held back (or idle) may still carry a test's samples. Bounded by max_hold_s.
+        slow = min((self.inst_watermark[(key[0], i)] for i in self.lane_instruments.get(key, ())),
+                   default=wm)
+        for tid, b in list(blds.items()):
+            last = max((x.time for x in b.samples[-8:]), default=-math.inf)
+            if b.inferred:
+                ref, need = b.last_active, self.gap_s
+            elif b.end_event_time is not None:
+                ref, need = max(b.end_event_time, last), self.grace_s
+            else:
+                # A test whose end event never came closes once its lane falls silent.
+                ref, need = (last if b.samples else (b.start_event_time or wm)), 10 * self.gap_s
+            if slow - ref > need or wm - ref > need + self.max_hold_s:
+                self._close(key, tid)
+        # Hand tests out in the lane's order: a test still open holds back later ones.
+        ready = self.pending.get(key, [])
+        if ready:
+            first_open = min((b.samples[0].time if b.samples else
+                              (b.start_event_time or math.inf) for b in blds.values()),
+                             default=math.inf)
+            ready.sort(key=lambda r: r.start)
+            while ready and ready[0].start < first_open:
+                out.append(ready.pop(0))
         return out
 
-    def _close(self, key: tuple[str, str], tid: str) -> TestRecord:
+    def _close(self, key: tuple[str, str], tid: str) -> None:
         b = self.open[key].pop(tid)
         recent = self.closed.setdefault(key, [])
         recent.append(b.id)
@@ -325,7 +353,11 @@ class TestAssembler:
             rec.method = guess_method(rec.seconds)
         if any(not s.phase for s in rec.seconds):
             infer_phases(rec.method, rec.seconds)
-        return rec
+        self.pending.setdefault(key, []).append(rec)
+
+
+#: Data flags of values a detector may judge (docs/records.md): normal and over range.
+VALID_FLAGS = frozenset({"N", "T"})
 
 
 def _seconds(samples: Sequence[Sample]) -> list[Second]:
@@ -335,7 +367,12 @@ def _seconds(samples: Sequence[Sample]) -> list[Second]:
         sec = by.get(k)
         if sec is None:
             sec = by[k] = Second(k, "", {}, [], set())
-        sec.values.update(s.values)
+        if s.flags:
+            # Values the instrument marked invalid (calibration, fault...) are not judged.
+            sec.values.update({n: v for n, v in s.values.items()
+                               if s.flags.get(n, "N") in VALID_FLAGS})
+        else:
+            sec.values.update(s.values)
         if s.test is not None and s.test.phase and not sec.phase:
             sec.phase = s.test.phase
         if s.origin is not None:
