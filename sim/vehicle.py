@@ -1296,3 +1296,29 @@ def _plan_injection(
                 s.params.update(variant="retest", role="fail")
     elif inject == "V10":
         mark(every)
+
+
+def reported_rows(events: Sequence[SiteEvent]) -> list[dict[str, Any]]:
+    """What the lane software reports to the supervision platform for each finished test.
+
+    One row per ``test_end`` in the columns of docs/reconciliation.md; start is the
+    ``test_start`` time (else the end). Tamper with the rows to simulate a falsified report.
+    """
+    from stationseal.records import to_rfc3339
+
+    starts = {e.detail.get("test_id"): e.time for e in events if e.event == "test_start"}
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        if e.event != "test_end":
+            continue
+        d = e.detail
+        row: dict[str, Any] = {
+            "test_id": d["test_id"], "site": e.site, "lane": d.get("lane", ""),
+            "vehicle": d.get("vehicle", ""), "vin": d.get("vin", ""), "method": d["method"],
+            "start": to_rfc3339(starts.get(d["test_id"], e.time)), "end": to_rfc3339(e.time),
+            "result": d["result"],
+        }
+        for k, v in d.get("values", {}).items():
+            row[k] = round(float(v), 4)
+        rows.append(row)
+    return rows

@@ -1,26 +1,7 @@
 """V1 — sampling probe not in the tailpipe, leaking or restricted sample line.
 
-Signature: air dilutes the sample, so CO+CO2 drops while O2 and the analyzer's lambda
-(computed from the diluted gases) rise — yet the engine itself runs at lambda ≈ 1, as the
-car's own OBD lambda shows.
-
-Rule (shared falsification-patterns document):
-
-* ``min_co_co2_pct`` (6.0 %, std, GB 18285 dilution check): any scored second with
-  CO+CO2 below it. On VMAS, seconds where the trace decelerates, and the
-  ``decel_hold_s`` (6) seconds after (sample transport delay), are skipped
-  (``skip_vmas_decel``): fuel cut-off legitimately makes the exhaust lean there.
-* ``max_o2_pct`` (2 %) for ``min_o2_seconds`` (5) consecutive scored seconds while the OBD
-  lambda lies within ``obd_lambda_band`` (0.97–1.03) (proposed): a leak too small to
-  trip the CO+CO2 check. Only seconds whose carbon (CO + CO2 + HC as C1, i.e.
-  6 × hexane ppm) is also below ``leak_max_carbon_pct`` (14 %) count: undiluted exhaust
-  carries 14–15.5 % carbon whatever its O2, so a misfiring car at lambda 1 (O2, CO and HC
-  all high) is not taken for a leak. VMAS decelerations are skipped as above (the engine
-  is lean there, and a fabricated OBD lambda would not say so). Needs an OBD lambda;
-  without one only the first check runs.
-
-Applies to the gasoline methods in ``methods``. High severity when CO+CO2 stays low for
-``high_seconds`` (3) seconds or more, or O2 stays high for twice the minimum.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -32,7 +13,30 @@ from ingest.detectors.base import Alert
 
 
 class ProbeDilutionDetector(segments.PerTestDetector):
-    """Probe out of the tailpipe / sample line leak (V1)."""
+    """V1 — sampling probe not in the tailpipe, leaking or restricted sample line.
+
+    Signature: air dilutes the sample, so CO+CO2 drops while O2 and the analyzer's lambda
+    (computed from the diluted gases) rise — yet the engine itself runs at lambda ≈ 1, as the
+    car's own OBD lambda shows.
+
+    Rule (shared falsification-patterns document):
+
+    * ``min_co_co2_pct`` (6.0 %, std, GB 18285 dilution check): any scored second with
+      CO+CO2 below it. On VMAS, seconds where the trace decelerates, and the
+      ``decel_hold_s`` (6) seconds after (sample transport delay), are skipped
+      (``skip_vmas_decel``): fuel cut-off legitimately makes the exhaust lean there.
+    * ``max_o2_pct`` (2 %) for ``min_o2_seconds`` (5) consecutive scored seconds while the OBD
+      lambda lies within ``obd_lambda_band`` (0.97–1.03) (proposed): a leak too small to
+      trip the CO+CO2 check. Only seconds whose carbon (CO + CO2 + HC as C1, i.e.
+      6 × hexane ppm) is also below ``leak_max_carbon_pct`` (14 %) count: undiluted exhaust
+      carries 14–15.5 % carbon whatever its O2, so a misfiring car at lambda 1 (O2, CO and HC
+      all high) is not taken for a leak. VMAS decelerations are skipped as above (the engine
+      is lean there, and a fabricated OBD lambda would not say so). Needs an OBD lambda;
+      without one only the first check runs.
+
+    Applies to the gasoline methods in ``methods``. High severity when CO+CO2 stays low for
+    ``high_seconds`` (3) seconds or more, or O2 stays high for twice the minimum.
+    """
 
     rule: ClassVar[str] = "V1"
     DEFAULTS: ClassVar[dict[str, Any]] = {

@@ -1,27 +1,7 @@
 """V10 — results nudged just under the limit (station-level statistics).
 
-Signature: when a station edits failing results down, its results pile up in the band
-just below the limit and its pass rate rises above what the same vehicle mix achieves
-elsewhere. One test proves nothing; the distribution does.
-
-Each test is scored from what its instruments measured (GB 18285 / GB 3847 formulas,
-limits overridable per site with ``"<method>.<field>"`` keys in SiteInfo.limits). A test
-is *near the limit* when any limited result lies in [``near_low`` (0.9) × L, L). The fleet
-baseline is kept per method over all other sites this detector has seen; the station's
-expected count is the sum of its tests' per-method baselines (so a station testing many
-VMAS cars is compared with VMAS cars). Baselines use add-half smoothing so that a method
-never seen near its limit does not make the ratio infinite.
-
-Rule (proposed): after at least ``min_station_tests`` (40) tests at the station and
-``min_fleet_tests`` (200) elsewhere,
-
-* near-limit share > ``max_share_ratio`` (3) × the fleet baseline, with at least
-  ``min_near_tests`` (5) such tests and a one-sided binomial p-value ≤ ``max_p_value``
-  (0.001) — the ratio alone fires on small counts by chance; and/or
-* pass-rate z-score (observed passes vs per-method fleet pass rates) > ``max_z`` (3).
-
-High when both hold. Evaluated every ``check_every_tests`` (50) tests of a station and at
-end of stream; repeated findings share one alert key per station.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -57,7 +37,31 @@ class _Station:
 
 
 class NudgedResultsDetector(segments.PerTestDetector):
-    """Station results clustered under the limit / abnormal pass rate (V10)."""
+    """V10 — results nudged just under the limit (station-level statistics).
+
+    Signature: when a station edits failing results down, its results pile up in the band
+    just below the limit and its pass rate rises above what the same vehicle mix achieves
+    elsewhere. One test proves nothing; the distribution does.
+
+    Each test is scored from what its instruments measured (GB 18285 / GB 3847 formulas,
+    limits overridable per site with ``"<method>.<field>"`` keys in SiteInfo.limits). A test
+    is *near the limit* when any limited result lies in [``near_low`` (0.9) × L, L). The fleet
+    baseline is kept per method over all other sites this detector has seen; the station's
+    expected count is the sum of its tests' per-method baselines (so a station testing many
+    VMAS cars is compared with VMAS cars). Baselines use add-half smoothing so that a method
+    never seen near its limit does not make the ratio infinite.
+
+    Rule (proposed): after at least ``min_station_tests`` (40) tests at the station and
+    ``min_fleet_tests`` (200) elsewhere,
+
+    * near-limit share > ``max_share_ratio`` (3) × the fleet baseline, with at least
+      ``min_near_tests`` (5) such tests and a one-sided binomial p-value ≤ ``max_p_value``
+      (0.001) — the ratio alone fires on small counts by chance; and/or
+    * pass-rate z-score (observed passes vs per-method fleet pass rates) > ``max_z`` (3).
+
+    High when both hold. Evaluated every ``check_every_tests`` (50) tests of a station and at
+    end of stream; repeated findings share one alert key per station.
+    """
 
     rule: ClassVar[str] = "V10"
     DEFAULTS: ClassVar[dict[str, Any]] = {

@@ -1,18 +1,7 @@
 """V2 — check-bypass switches or simulated engine signals in the lane software.
 
-Signature: a real oil temperature probe drifts and flickers at its resolution; a simulated
-one stays exactly constant, often across consecutive vehicles. A real tachometer and the
-car's OBD port read engine speed through different sensors, so their values differ in
-most seconds; copying one into the other makes them bit-identical.
-
-Rule (proposed in the shared falsification-patterns document):
-
-* oil temperature exactly constant (variance 0) for ``oil_constant_s`` (60) sampled seconds.
-  The run is followed per lane across consecutive tests (a lane program that fakes the
-  probe fakes it for every vehicle); every test that contributed to a run reaching the
-  threshold is reported, once.
-* tachometer ``rpm`` identical to ``obd_rpm`` in at least ``rpm_identical_share`` (95 %) of
-  the aligned seconds, over at least ``min_rpm_seconds`` (20) seconds of one test.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -33,7 +22,22 @@ class _OilRun:
 
 
 class SimulatedEngineSignalDetector(segments.PerTestDetector):
-    """Constant oil temperature / rpm copied from OBD (V2)."""
+    """V2 — check-bypass switches or simulated engine signals in the lane software.
+
+    Signature: a real oil temperature probe drifts and flickers at its resolution; a simulated
+    one stays exactly constant, often across consecutive vehicles. A real tachometer and the
+    car's OBD port read engine speed through different sensors, so their values differ in
+    most seconds; copying one into the other makes them bit-identical.
+
+    Rule (proposed in the shared falsification-patterns document):
+
+    * oil temperature exactly constant (variance 0) for ``oil_constant_s`` (60) sampled seconds.
+      The run is followed per lane across consecutive tests (a lane program that fakes the
+      probe fakes it for every vehicle); every test that contributed to a run reaching the
+      threshold is reported, once.
+    * tachometer ``rpm`` identical to ``obd_rpm`` in at least ``rpm_identical_share`` (95 %) of
+      the aligned seconds, over at least ``min_rpm_seconds`` (20) seconds of one test.
+    """
 
     rule: ClassVar[str] = "V2"
     DEFAULTS: ClassVar[dict[str, Any]] = {

@@ -1,28 +1,7 @@
 """V3 — fabricated OBD data stream.
 
-Signature: a generated OBD stream has throttle positions from a short list, engine speed
-that ignores what the rollers and the tachometer do, a vehicle speed made of the
-dynamometer's speed plus a few fixed offsets, and an odometer value reused across VINs.
-
-Indicators per test (proposed thresholds of the shared falsification-patterns document):
-
-* ``max_distinct_throttle`` (20): at most this many distinct ``obd_throttle_pct`` values
-  over ``min_throttle_seconds`` (60) seconds; only for ``throttle_methods`` (VMAS), as
-  steady-state and snap tests legitimately show few throttle positions.
-* ``max_abs_corr`` (0.3): \\|corr(OBD rpm, dyno speed)\\| below it while the speed varies
-  (std ≥ ``min_speed_std_kmh``, 5 km/h); likewise against the lane tachometer's rpm when
-  that varies (std ≥ ``min_rpm_std``, 100 /min) — the tachometer case covers tests without
-  a dynamometer. At least ``min_corr_seconds`` (30) aligned seconds.
-* ``max_distinct_offsets`` (6): at most this many distinct OBD−dyno speed differences,
-  rounded to ``offset_resolution`` (0.01 km/h; the dyno's resolution, which must be finer
-  than OBD's 1 km/h), over ``min_offset_seconds`` (20) seconds above ``min_moving_kmh``.
-* Across tests of a site: the same odometer (``obd_odometer_km`` at test start, or the lane's
-  ``odometer_km``) on ``min_vins_same_odometer`` (3) different VINs within
-  ``odometer_window_days`` (30). The document says "different VINs"; two VINs are not
-  enough: at 0.1 km resolution a station testing 80 cars a day sees two unrelated cars
-  share a reading about once a month, three practically never.
-
-An alert is high when two or more indicators hold or the odometer is shared.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -35,7 +14,32 @@ from ingest.detectors.base import Alert
 
 
 class FabricatedObdDetector(segments.PerTestDetector):
-    """Fabricated OBD stream (V3)."""
+    """V3 — fabricated OBD data stream.
+
+    Signature: a generated OBD stream has throttle positions from a short list, engine speed
+    that ignores what the rollers and the tachometer do, a vehicle speed made of the
+    dynamometer's speed plus a few fixed offsets, and an odometer value reused across VINs.
+
+    Indicators per test (proposed thresholds of the shared falsification-patterns document):
+
+    * ``max_distinct_throttle`` (20): at most this many distinct ``obd_throttle_pct`` values
+      over ``min_throttle_seconds`` (60) seconds; only for ``throttle_methods`` (VMAS), as
+      steady-state and snap tests legitimately show few throttle positions.
+    * ``max_abs_corr`` (0.3): |corr(OBD rpm, dyno speed)| below it while the speed varies
+      (std ≥ ``min_speed_std_kmh``, 5 km/h); likewise against the lane tachometer's rpm when
+      that varies (std ≥ ``min_rpm_std``, 100 /min) — the tachometer case covers tests without
+      a dynamometer. At least ``min_corr_seconds`` (30) aligned seconds.
+    * ``max_distinct_offsets`` (6): at most this many distinct OBD−dyno speed differences,
+      rounded to ``offset_resolution`` (0.01 km/h; the dyno's resolution, which must be finer
+      than OBD's 1 km/h), over ``min_offset_seconds`` (20) seconds above ``min_moving_kmh``.
+    * Across tests of a site: the same odometer (``obd_odometer_km`` at test start, or the lane's
+      ``odometer_km``) on ``min_vins_same_odometer`` (3) different VINs within
+      ``odometer_window_days`` (30). The document says "different VINs"; two VINs are not
+      enough: at 0.1 km resolution a station testing 80 cars a day sees two unrelated cars
+      share a reading about once a month, three practically never.
+
+    An alert is high when two or more indicators hold or the odometer is shared.
+    """
 
     rule: ClassVar[str] = "V3"
     DEFAULTS: ClassVar[dict[str, Any]] = {

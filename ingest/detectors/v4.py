@@ -1,13 +1,7 @@
 """V4 — OBD cheat box: one calibration identity reported by unrelated vehicles.
 
-Signature: CALID/CVN identify the engine control software; vehicles of unrelated
-type-approval families cannot share them, but a box plugged between the OBD port and the
-lane's scan tool answers with the same canned identity for every car.
-
-Rule (proposed): the same CALID/CVN pair on at least ``min_model_groups`` (3) model groups
-within ``window_days`` (90). The pairs are followed across all sites (a cheat-box model is
-sold to many stations); one alert per site and pair lists every test involved. Needs the
-lane's ``test_start``/``test_end`` detail (``calid``, ``cvn``, ``model_group``).
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -19,7 +13,17 @@ from ingest.detectors.base import Alert
 
 
 class SharedCalibrationDetector(segments.PerTestDetector):
-    """Same CALID/CVN across unrelated model groups (V4)."""
+    """V4 — OBD cheat box: one calibration identity reported by unrelated vehicles.
+
+    Signature: CALID/CVN identify the engine control software; vehicles of unrelated
+    type-approval families cannot share them, but a box plugged between the OBD port and the
+    lane's scan tool answers with the same canned identity for every car.
+
+    Rule (proposed): the same CALID/CVN pair on at least ``min_model_groups`` (3) model groups
+    within ``window_days`` (90). The pairs are followed across all sites (a cheat-box model is
+    sold to many stations); one alert per site and pair lists every test involved. Needs the
+    lane's ``test_start``/``test_end`` detail (``calid``, ``cvn``, ``model_group``).
+    """
 
     rule: ClassVar[str] = "V4"
     DEFAULTS: ClassVar[dict[str, Any]] = {"min_model_groups": 3, "window_days": 90}

@@ -1,13 +1,7 @@
 """V5 — analyzer output scaled down (a circuit or software factor on the gas bench).
 
-Signature: a gasoline engine at lambda ≈ 1 burns to about 15 % CO+CO2 whatever the car;
-scaling every channel by the same factor leaves the computed lambda at 1 and O2 near
-zero, but CO+CO2 falls far below what combustion can produce.
-
-Rule (proposed): at least ``min_seconds`` (5) scored seconds with CO+CO2 below
-``max_co_co2_pct`` (13 %), O2 below ``max_o2_pct`` (0.5 %) and the analyzer's lambda within
-``lambda_band`` (0.97–1.03). Gasoline methods only. High when at least half of the
-scored seconds qualify.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -19,7 +13,17 @@ from ingest.detectors.base import Alert
 
 
 class AnalyzerScalingDetector(segments.PerTestDetector):
-    """Analyzer output scaled down (V5)."""
+    """V5 — analyzer output scaled down (a circuit or software factor on the gas bench).
+
+    Signature: a gasoline engine at lambda ≈ 1 burns to about 15 % CO+CO2 whatever the car;
+    scaling every channel by the same factor leaves the computed lambda at 1 and O2 near
+    zero, but CO+CO2 falls far below what combustion can produce.
+
+    Rule (proposed): at least ``min_seconds`` (5) scored seconds with CO+CO2 below
+    ``max_co_co2_pct`` (13 %), O2 below ``max_o2_pct`` (0.5 %) and the analyzer's lambda within
+    ``lambda_band`` (0.97–1.03). Gasoline methods only. High when at least half of the
+    scored seconds qualify.
+    """
 
     rule: ClassVar[str] = "V5"
     DEFAULTS: ClassVar[dict[str, Any]] = {

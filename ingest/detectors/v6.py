@@ -1,30 +1,7 @@
 """V6 — substitute car or standard gas for many vehicles (替车替气).
 
-Signature: one clean car (or a replayed recording) tested under other plates gives
-near-identical 1 Hz curves; a failed vehicle "passes" a few minutes later, too soon for
-any repair.
-
-Rules (proposed):
-
-* curves — tests of ``curve_methods`` (VMAS: the only protocol whose curves carry a
-  car's own transients; steady-state curves of any two runs are noise) at one site within
-  ``window_h`` (24 h), of two different vehicles (plate and VIN differ), compared on their
-  scored seconds aligned on the first scored second, with a shift of up to ``max_lag_s``
-  (2 s). Curves are first averaged over ``smooth_s`` (3 s, about an analyzer's T90) so
-  that bench noise does not hide identity. Near-identical when either
-
-  - **shape**: Pearson r > ``min_r`` (0.98, the shared document's value) on every signal
-    of ``signals`` (CO2 and HC), or
-  - **level**: r > ``level_min_r`` (0.95) on CO2 and the mean levels of
-    ``level_signals`` (CO2, O2, HC, NO, CO) agree: the sum of squared z-scores of the
-    mean differences (noise estimated from second-to-second differences) stays below the
-    chi-square quantile for ``level_alpha`` (0.001), i.e. the runs differ by no more than
-    instrument noise. On simulated fleets shape alone misses substitutes whose HC is
-    mostly analyzer noise (very clean cars), while two different cars practically never
-    share five exhaust levels (benchmarks/detect_bench_vehicle.py measures both).
-* fail→pass — the same plate (or VIN) fails and then passes within ``max_retest_min`` (30)
-  minutes at the site. The lane's ``result`` is used; without one the test is scored from
-  its samples against the site's limits.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -51,7 +28,34 @@ class _Curve:
 
 
 class SubstituteVehicleDetector(segments.PerTestDetector):
-    """Substitute car / standard gas / quick fail→pass (V6)."""
+    """V6 — substitute car or standard gas for many vehicles (替车替气).
+
+    Signature: one clean car (or a replayed recording) tested under other plates gives
+    near-identical 1 Hz curves; a failed vehicle "passes" a few minutes later, too soon for
+    any repair.
+
+    Rules (proposed):
+
+    * curves — tests of ``curve_methods`` (VMAS: the only protocol whose curves carry a
+      car's own transients; steady-state curves of any two runs are noise) at one site within
+      ``window_h`` (24 h), of two different vehicles (plate and VIN differ), compared on their
+      scored seconds aligned on the first scored second, with a shift of up to ``max_lag_s``
+      (2 s). Curves are first averaged over ``smooth_s`` (3 s, about an analyzer's T90) so
+      that bench noise does not hide identity. Near-identical when either
+
+      - **shape**: Pearson r > ``min_r`` (0.98, the shared document's value) on every signal
+        of ``signals`` (CO2 and HC), or
+      - **level**: r > ``level_min_r`` (0.95) on CO2 and the mean levels of
+        ``level_signals`` (CO2, O2, HC, NO, CO) agree: the sum of squared z-scores of the
+        mean differences (noise estimated from second-to-second differences) stays below the
+        chi-square quantile for ``level_alpha`` (0.001), i.e. the runs differ by no more than
+        instrument noise. On simulated fleets shape alone misses substitutes whose HC is
+        mostly analyzer noise (very clean cars), while two different cars practically never
+        share five exhaust levels (benchmarks/detect_bench_vehicle.py measures both).
+    * fail→pass — the same plate (or VIN) fails and then passes within ``max_retest_min`` (30)
+      minutes at the site. The lane's ``result`` is used; without one the test is scored from
+      its samples against the site's limits.
+    """
 
     rule: ClassVar[str] = "V6"
     DEFAULTS: ClassVar[dict[str, Any]] = {

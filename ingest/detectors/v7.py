@@ -1,21 +1,7 @@
 """V7 — shortened or spliced tests.
 
-Signature: seconds cut out of the process data (a gap in the time stamps, fewer samples
-than the elapsed time), or a protocol run shorter than the method prescribes and re-timed
-so that no gap shows (a VMAS trace of 170 samples, a 20-second idle phase).
-
-Rules (proposed):
-
-* per instrument stream of a test: the number of samples differs from the elapsed whole
-  seconds + 1, or two consecutive samples are more than ``max_gap_s`` (1 s) apart; a gap
-  touching a scored phase makes the alert high. Streams with fewer than
-  ``min_stream_samples`` (10) samples are not judged.
-* scored phases must last the seconds of ``expected_phase_seconds`` (GB 18285 / GB 3847:
-  high idle and idle 30 s, ASM fast mode 10 s, VMAS trace 195 s, free acceleration
-  measuring phase 57 s, lug-down points 10 s each). A test with a lane result but without
-  its scored phase is also reported.
-* an inferred test (no lane context) guessed as VMAS must have ``vmas_samples`` (195)
-  seconds.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -29,7 +15,25 @@ from stationseal import vehicle_results as vres
 
 
 class ShortenedTestDetector(segments.PerTestDetector):
-    """Missing seconds / wrong sample count (V7)."""
+    """V7 — shortened or spliced tests.
+
+    Signature: seconds cut out of the process data (a gap in the time stamps, fewer samples
+    than the elapsed time), or a protocol run shorter than the method prescribes and re-timed
+    so that no gap shows (a VMAS trace of 170 samples, a 20-second idle phase).
+
+    Rules (proposed):
+
+    * per instrument stream of a test: the number of samples differs from the elapsed whole
+      seconds + 1, or two consecutive samples are more than ``max_gap_s`` (1 s) apart; a gap
+      touching a scored phase makes the alert high. Streams with fewer than
+      ``min_stream_samples`` (10) samples are not judged.
+    * scored phases must last the seconds of ``expected_phase_seconds`` (GB 18285 / GB 3847:
+      high idle and idle 30 s, ASM fast mode 10 s, VMAS trace 195 s, free acceleration
+      measuring phase 57 s, lug-down points 10 s each). A test with a lane result but without
+      its scored phase is also reported.
+    * an inferred test (no lane context) guessed as VMAS must have ``vmas_samples`` (195)
+      seconds.
+    """
 
     rule: ClassVar[str] = "V7"
     DEFAULTS: ClassVar[dict[str, Any]] = {

@@ -1,19 +1,7 @@
 """V8 — dynamometer inconsistency.
 
-Signature: a dynamometer reports the power it absorbs, the force on its load cell and the
-roller speed; physics ties them (P = F·v/3600 with P in kW, F in N, v in km/h). A power
-figure that is set rather than measured, a driver allowed off the ASM speed band, or a car
-that is not really the one on the rollers break these relations.
-
-Rules (proposed):
-
-* \\|P − F·v/3600\\| > ``max_power_dev`` (5 %) of F·v/3600 in at least ``min_power_seconds``
-  (3) seconds where the speed exceeds ``min_speed_kmh`` (5 km/h) and \\|F·v/3600\\|
-  exceeds ``min_power_kw`` (1 kW) (below that the ratio is sensor noise);
-* ASM: roller speed outside target ± ``asm_tolerance_kmh`` (1.5 km/h) for more than
-  ``max_asm_outside_s`` (5) seconds in total once the mode clock has started;
-* \\|OBD speed − roller speed\\| > ``max_obd_diff_kmh`` (3 km/h) for at least
-  ``min_obd_diff_seconds`` (5) consecutive seconds.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -28,7 +16,23 @@ _ASM_MODE = frozenset({"settle", "stable", "fast", "full"})
 
 
 class DynamometerConsistencyDetector(segments.PerTestDetector):
-    """Power vs force × speed, ASM speed band, dyno vs OBD speed (V8)."""
+    """V8 — dynamometer inconsistency.
+
+    Signature: a dynamometer reports the power it absorbs, the force on its load cell and the
+    roller speed; physics ties them (P = F·v/3600 with P in kW, F in N, v in km/h). A power
+    figure that is set rather than measured, a driver allowed off the ASM speed band, or a car
+    that is not really the one on the rollers break these relations.
+
+    Rules (proposed):
+
+    * |P − F·v/3600| > ``max_power_dev`` (5 %) of F·v/3600 in at least ``min_power_seconds``
+      (3) seconds where the speed exceeds ``min_speed_kmh`` (5 km/h) and |F·v/3600|
+      exceeds ``min_power_kw`` (1 kW) (below that the ratio is sensor noise);
+    * ASM: roller speed outside target ± ``asm_tolerance_kmh`` (1.5 km/h) for more than
+      ``max_asm_outside_s`` (5) seconds in total once the mode clock has started;
+    * |OBD speed − roller speed| > ``max_obd_diff_kmh`` (3 km/h) for at least
+      ``min_obd_diff_seconds`` (5) consecutive seconds.
+    """
 
     rule: ClassVar[str] = "V8"
     DEFAULTS: ClassVar[dict[str, Any]] = {

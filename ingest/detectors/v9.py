@@ -1,22 +1,7 @@
 """V9 — default or constant weather data.
 
-Signature: the ambient temperature, humidity and pressure enter the ASM/VMAS correction
-factors; a lane program that writes software defaults, or keeps one reading for every
-test, produces weather that no real sensor delivers: exactly constant, identical from test
-to test, or far from the region's weather.
-
-Rules:
-
-* identical T/RH/P over at least ``min_identical_tests`` (10) consecutive tests of a lane
-  (proposed). Each test's weather is summarised by the minimum and maximum of every
-  channel, so a real sensor (which flickers at its resolution) almost never repeats;
-  every test of such a run is reported.
-* software defaults (``defaults``: 25 °C / 80 % / 101 kPa and 25 °C / 80 % / 101.3 kPa,
-  within ``default_tolerance``) in every second of a test with at least
-  ``min_default_seconds`` (10) weather seconds.
-* more than ``max_temp_diff_c`` (5 °C) or ``max_kpa_diff`` (3 kPa) from the median of the
-  site's configured neighbours (SiteInfo.neighbours, the nearest stations) measured within
-  ``neighbour_window_s`` (30 min) (proposed). Runs only when neighbours are configured.
+The rule, its data signature and its parameters are documented on the detector class
+(rendered into docs/detectors.md).
 """
 
 from __future__ import annotations
@@ -39,7 +24,26 @@ class _Run:
 
 
 class ConstantWeatherDetector(segments.PerTestDetector):
-    """Default / frozen weather (V9)."""
+    """V9 — default or constant weather data.
+
+    Signature: the ambient temperature, humidity and pressure enter the ASM/VMAS correction
+    factors; a lane program that writes software defaults, or keeps one reading for every
+    test, produces weather that no real sensor delivers: exactly constant, identical from test
+    to test, or far from the region's weather.
+
+    Rules:
+
+    * identical T/RH/P over at least ``min_identical_tests`` (10) consecutive tests of a lane
+      (proposed). Each test's weather is summarised by the minimum and maximum of every
+      channel, so a real sensor (which flickers at its resolution) almost never repeats;
+      every test of such a run is reported.
+    * software defaults (``defaults``: 25 °C / 80 % / 101 kPa and 25 °C / 80 % / 101.3 kPa,
+      within ``default_tolerance``) in every second of a test with at least
+      ``min_default_seconds`` (10) weather seconds.
+    * more than ``max_temp_diff_c`` (5 °C) or ``max_kpa_diff`` (3 kPa) from the median of the
+      site's configured neighbours (SiteInfo.neighbours, the nearest stations) measured within
+      ``neighbour_window_s`` (30 min) (proposed). Runs only when neighbours are configured.
+    """
 
     rule: ClassVar[str] = "V9"
     DEFAULTS: ClassVar[dict[str, Any]] = {

@@ -91,8 +91,8 @@ class Tolerance:
 # --------------------------------------------------------------------------- reading
 
 
-def parse_reported_rows(rows: Iterable[Mapping[str, Any]], source: str = "report"
-                        ) -> list[ReportedTest]:
+def parse_reported_rows(rows: Iterable[Mapping[str, Any]], source: str = "report",
+                        first_line: int = 1) -> list[ReportedTest]:
     """Validate rows (CSV dicts or JSON objects); the first bad one raises ReportError.
 
     JSON rows may carry the values flat (like CSV columns) or in a ``values`` object.
@@ -101,7 +101,7 @@ def parse_reported_rows(rows: Iterable[Mapping[str, Any]], source: str = "report
     """
     out: list[ReportedTest] = []
     known = set(REQUIRED_COLUMNS) | set(VALUE_COLUMNS) | {"values"}
-    for n, row in enumerate(rows, 1):
+    for n, row in enumerate(rows, first_line):
         where = f"{source}:{n}"
         if not isinstance(row, Mapping):
             raise ReportError(f"{where}: not an object")
@@ -173,8 +173,7 @@ def read_reported(path: str | Path) -> list[ReportedTest]:
         if missing:
             raise ReportError(f"{name}:1: {missing[0]}: missing column")
         # Line numbers in errors count the header as line 1.
-        rows = list(reader)
-        return [_shift(r, 1) for r in parse_reported_rows(rows, name)]
+        return parse_reported_rows(list(reader), name, first_line=2)
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -183,30 +182,16 @@ def read_reported(path: str | Path) -> list[ReportedTest]:
         if not isinstance(data, list):
             raise ReportError(f"{name}:1: expected an array of test objects")
         return parse_reported_rows(data, name)
-    objs = []
-    lines = []
+    parsed: list[ReportedTest] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            objs.append(json.loads(line))
+            obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ReportError(f"{name}:{n}: not valid JSON: {e.msg}") from None
-        lines.append(n)
-    parsed = []
-    for n, obj in zip(lines, objs, strict=True):
-        parsed += [_renumber(r, f"{name}:{n}") for r in parse_reported_rows([obj], name)]
+        parsed += parse_reported_rows([obj], name, first_line=n)
     return parsed
-
-
-def _shift(r: ReportedTest, by: int) -> ReportedTest:
-    path, _, line = r.source.rpartition(":")
-    return _renumber(r, f"{path}:{int(line) + by}")
-
-
-def _renumber(r: ReportedTest, source: str) -> ReportedTest:
-    r.source = source
-    return r
 
 
 # --------------------------------------------------------------------------- reconciling
