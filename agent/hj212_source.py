@@ -75,6 +75,8 @@ class SealerView(Protocol):
     storage_error: str | None
     frames: int
 
+    def add(self, readings: list[Reading], events: list[Event] | None = None) -> None: ...
+
     def flush(self) -> int: ...
 
 
@@ -251,6 +253,20 @@ class HJ212Source:
 
     async def close(self) -> None:
         self._closed = True
+        sealer = self._sealer
+        if sealer is not None and (self._queue or self._unsealed):
+            # Shutdown: what was received but not yet handed over is sealed here (the
+            # runtime closes instruments before its last flush), so it can be answered.
+            batches, self._queue = self._queue, []
+            for b in batches:
+                sealer.add(b.readings, b.events)
+            mark = sealer.frames
+            sealer.flush()
+            if sealer.storage_error is None and sealer.frames > mark:
+                for b in [*batches, *self._unsealed]:
+                    self._release(b, True)
+                self._unsealed = []
+            await asyncio.sleep(0.05)  # let the handlers send their answers
         if self._listener is not None:
             await self._listener.stop(timeout=1.0)
             self._listener = None

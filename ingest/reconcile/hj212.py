@@ -105,7 +105,8 @@ class HJ212Reconciliation(Detector):
     Applies where the gateway seals both the logger's reports (instrument ids in
     `logger_instruments`, with ``.minute`` / ``.hour`` / ``.day`` for aggregates) and the
     analyzers' own readings (any other instrument of the site, same canonical signals).
-    Each logger report is judged once the analyzer data cover its window:
+    Each logger report is judged once the analyzer data cover its window (identical
+    channels at once):
 
     *Reported ≠ measured* (E3): a real-time value is compared with the analyzer readings
     within `max_skew_s` seconds of its DataTime; it matches if it lies within their range
@@ -241,12 +242,16 @@ class HJ212Reconciliation(Detector):
         else:
             period = self._period(st, s.instrument, suffix, s.time)
             start, end = s.time, s.time + period
-        st.pending.append(_Pending(s, suffix, start, end))
+        item = _Pending(s, suffix, start, end)
+        st.pending.append(item)
         # never wait for ever: reports older than the kept history cannot be judged
         cut = s.time - float(self.p["history_s"])
         while st.pending and st.pending[0].sample.time < cut:
             st.pending.popleft()
-        return self._evaluate(s.site, st, final=False)
+        # identical channels need no analyzer data: judged at once
+        out = self._identical(s.site, self.sites[s.site].kind, st, item) if suffix == "" \
+            else []
+        return out + self._evaluate(s.site, st, final=False)
 
     def _period(self, st: _Site, inst: str, suffix: str, t: float) -> float:
         if suffix in _PERIODS:
@@ -309,7 +314,7 @@ class HJ212Reconciliation(Detector):
 
     def _evaluate(self, site: str, st: _Site, final: bool) -> list[Alert]:
         out: list[Alert] = []
-        while st.pending and (final or st.pending[0].end + self._skew <= st.watermark):
+        while st.pending and (final or st.pending[0].end <= st.watermark):
             out += self._judge(site, st, st.pending.popleft())
         return out
 
@@ -330,8 +335,6 @@ class HJ212Reconciliation(Detector):
                     continue
                 out += self._compare_value(site, kind, item, sig, rep, rflag, inst, m)
                 out += self._compare_flag(site, kind, item, sig, rep, rflag, inst, m)
-        if item.suffix == "":
-            out += self._identical(site, kind, st, item)
         return out
 
     def _measured(self, ser: _Series, item: _Pending) -> dict[str, Any] | None:
