@@ -734,7 +734,7 @@ def _instrument_rows(
         low = motion.uniform(2.2, 3.5)
         for i in span:
             t.speed[i] -= low
-            t.force[i] = 3600.0 * (t.force[i] * (t.speed[i] + low) / 3600.0) / t.speed[i]
+            t.force[i] *= (t.speed[i] + low) / t.speed[i]  # same power at a lower speed
     seconds: list[_Second] = []
     k_noise = [max(0.0, k + noise.gauss(0.0, 0.006)) for k in t.k]
     for i in range(n):

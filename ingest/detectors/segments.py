@@ -487,11 +487,6 @@ def origins(seconds: Iterable[Second], limit: int = 500) -> dict[str, Any]:
     return out
 
 
-def span(seconds: Sequence[Second]) -> list[int]:
-    """[first, last] second offsets, for evidence that names seconds."""
-    return [seconds[0].t, seconds[-1].t] if seconds else []
-
-
 class PerTestDetector(Detector):
     """A detector that judges completed tests (:meth:`on_test`); stateful per site/lane."""
 

@@ -7,17 +7,16 @@ import random
 from vehicle_helpers import T0, feed, sites
 
 from ingest.detectors.v4 import SharedCalibrationDetector
-from sim.vehicle import MODEL_GROUPS, random_vehicle, run_test, spec_for
+from sim.vehicle import MODEL_BY_NAME, random_vehicle, run_test, spec_for
 
 
 def _tests(groups: list[str], inject: bool) -> tuple[list, list]:
     rng = random.Random(4)
     samples, events, t = [], [], T0
-    by = {m.name: m for m in MODEL_GROUPS}
     for i, g in enumerate(groups):
-        v = random_vehicle(rng, by[g].fuel)
-        v.model = by[g]
-        v.calid, v.cvn = by[g].calibrations[0]
+        v = random_vehicle(rng, MODEL_BY_NAME[g].fuel)
+        v.model = MODEL_BY_NAME[g]
+        v.calid, v.cvn = MODEL_BY_NAME[g].calibrations[0]
         out = run_test(spec_for(v, "idle", f"T{i}", site="S1"), t, rng,
                        "V4" if inject else None, {"calid": "CB12345678", "cvn": "DEADBEEF"})
         samples += out.samples
