@@ -89,6 +89,32 @@ def demo_tamper(so2_factor: float = DEMO_SO2_FACTOR,
                   flag_limits=dict(flag_limits or {}), flag_as=flag_as)
 
 
+def hj212_section(port: int, *, mn: str = DEMO_MN, host: str = "127.0.0.1",
+                  poll_interval_s: float = 0.2) -> dict[str, Any]:
+    """The ``hj212:`` section of a site config: the gateway listens for this logger."""
+    return {"host": host, "port": port, "mn": [mn], "poll_interval_s": poll_interval_s}
+
+
+def demo_labels(site: str, start: float, tamper: Tamper, instrument: str = "logger"
+                ) -> list[dict[str, Any]]:
+    """Ground truth of what the manipulated logger does, for a run's summary."""
+    out: list[dict[str, Any]] = []
+    if tamper.scale:
+        out.append({"site": site, "instrument": instrument, "pattern": "E3",
+                    "params": {"scale": dict(tamper.scale)}, "start": start, "end": None})
+    if tamper.copy_from:
+        out.append({"site": site, "instrument": instrument, "pattern": "E3",
+                    "params": {"copy_from": tamper.copy_from,
+                               "copy_to": list(tamper.copy_to)},
+                    "start": start, "end": None})
+    if tamper.flag_limits:
+        out.append({"site": site, "instrument": instrument, "pattern": "E6",
+                    "params": {"flag_limits": dict(tamper.flag_limits),
+                               "flag_as": tamper.flag_as},
+                    "start": start, "end": None})
+    return out
+
+
 @dataclass
 class LoggerRun:
     """A logger task; ``await run.stop()`` ends it and closes its connection."""
