@@ -64,10 +64,18 @@ PRESETS: dict[str, str] = {
 }
 
 ValuesFn = Callable[[float], dict[str, Any]]
-#: After a test the probe stays in the tailpipe and the car on the rollers for a few
-#: seconds: the analyzer holds the exhaust for its line delay, then clears; rollers coast.
-TAIL_S = 6.0
-_LINE_DELAY_S = 3.0
+#: After a test the car stays on the rollers and the probe in the tailpipe until the
+#: operator has seen the verdict: instruments hold the last state for ``_HOLD_S``, then
+#: the analyzer clears with room air and the rollers coast to a stop.
+TAIL_S = 8.0
+_HOLD_S = 5.0
+#: The lane has one tachometer and one oil temperature probe, wired to whichever exhaust
+#: instrument the method uses; the other one shows the same inputs.
+_SHARED_INPUTS = ("rpm", "oil_temp_c")
+_PARTNER = {"analyzer": "opacimeter", "opacimeter": "analyzer"}
+#: Tests are generated this long before they start, so lane-wide patterns (a weather box
+#: in place) are set up before the test's first second.
+_LOOKAHEAD_S = 2.0
 #: Tests whose per-second curves stay in memory (older ones keep only their label).
 _KEEP_CURVES = 50
 
@@ -226,6 +234,8 @@ class LaneTest:
     end: float
     result: str
     model: str = ""
+    #: cut short by :meth:`LaneDriver.stop` (the lane shows "aborted", no verdict)
+    aborted: bool = False
     #: planted patterns: rule -> variant
     patterns: dict[str, str] = field(default_factory=dict)
     #: V6 group the test belongs to (tests of one substitute car or retest pair)
@@ -239,7 +249,8 @@ class LaneTest:
         """What the lane knows and the data must not tell: the ground truth of the test."""
         return {"site": self.site, "lane": self.lane, "test_id": self.test_id,
                 "number": self.number, "method": self.method, "vehicle": self.plate,
-                "start": self.start, "end": self.end, "result": self.result, "model": self.model,
+                "start": self.start, "end": self.end, "result": self.result,
+                "aborted": self.aborted, "model": self.model,
                 "patterns": dict(self.patterns), "group": self.group}
 
 
@@ -281,6 +292,7 @@ class LaneDriver:
         self._starts: list[float] = []
         self._next_start = self.start + cfg.lead_s
         self._next_number = cfg.first_number
+        self._stopped = math.inf
         self._lock = threading.Lock()
         #: V6 "car" groups: injection index -> the genuine run replayed under other plates
         self._v6_source: dict[int, vm.VehicleTestSpec] = {}
@@ -314,7 +326,7 @@ class LaneDriver:
     def values(self, role: str, t: float) -> dict[str, Any]:
         """What the instrument playing ``role`` shows at wall time ``t``."""
         with self._lock:
-            self._ensure(t)
+            self._ensure(t + _LOOKAHEAD_S)
             cur, last = self._around(t)
             if role == "lane":
                 return self._controller(cur, last, t)
@@ -323,21 +335,44 @@ class LaneDriver:
                 if fixed is not None:
                     return dict(zip(("ambient_temp_c", "ambient_rh_pct", "ambient_kpa"),
                                     fixed, strict=True))
+            own = self._shown(role, cur, last, t)
+            if own is not None:
+                return own
+            out = self._idle(role, t)
+            partner = _PARTNER.get(role)
+            if partner is not None:
+                other = self._shown(partner, cur, last, t)
+                if other is not None:
+                    out.update({k: other[k] for k in _SHARED_INPUTS if k in other})
+            return out
+
+    def stop(self, t: float) -> None:
+        """Close the lane at ``t``: no test starts after it, and a test under way is cut
+        short (the controller shows it aborted, without a verdict)."""
+        with self._lock:
+            self._ensure(t)
+            self._stopped = t
+            cur, _ = self._around(t)
             if cur is not None:
-                k = int(t - cur.start)
-                rows = cur.rows.get(role)
-                row = rows[k] if rows is not None and 0 <= k < len(rows) else None
-                if row is not None:
-                    return {**row, "status": 0}
-            elif last is not None and t - last.end < TAIL_S:
-                tail = self._tail(role, last, t - last.end)
-                if tail is not None:
-                    return tail
-            return self._idle(role, t)
+                cur.end = max(cur.start + 1.0, float(math.ceil(t)))
+                cur.result = ""
+                cur.aborted = True
+
+    def _shown(self, role: str, cur: LaneTest | None, last: LaneTest | None, t: float
+               ) -> dict[str, Any] | None:
+        """The role's own data at ``t`` (test second or post-test tail), if it has any."""
+        if cur is not None:
+            k = int(t - cur.start)
+            rows = cur.rows.get(role)
+            row = rows[k] if rows is not None and 0 <= k < len(rows) else None
+            return {**row, "status": 0} if row is not None else None
+        if last is not None and t - last.end < TAIL_S and not last.aborted:
+            return self._tail(role, last, t - last.end)
+        return None
 
     # -- schedule -------------------------------------------------------------------
     def _ensure(self, t: float) -> None:
-        while self._next_start <= t:
+        while self._next_start <= t and self._next_start < self._stopped:
             test = self._build(self._next_number, self._next_start)
             self._tests.append(test)
             self._starts.append(test.start)
@@ -430,8 +465,8 @@ class LaneDriver:
         calid = str(params.get("calid", spec.calid)) if "V4" in patterns else spec.calid
         cvn = str(params.get("cvn", spec.cvn)) if "V4" in patterns else spec.cvn
         test = LaneTest(cfg.site, self.lane, number, tid, method, spec.plate, spec.vin, calid,
-                        cvn, start, out.end, out.result, spec.model_group, patterns, group,
-                        spec=spec)
+                        cvn, start, out.end, out.result, spec.model_group,
+                        patterns=patterns, group=group, spec=spec)
         self._index(test, out.samples)
         return test
 
@@ -469,7 +504,8 @@ class LaneDriver:
                                        w["ambient_kpa"])
             else:
                 self._v9_fixed[idx] = vm.DEFAULT_WEATHER
-            self._v9_since[idx] = t
+            # the box replacing the weather station is in place before the test starts
+            self._v9_since[idx] = max(self.start, t - 5.0)
         return self._v9_fixed[idx]
 
     def _v9_values(self, test: LaneTest | None, t: float) -> tuple[float, float, float] | None:
@@ -521,7 +557,8 @@ class LaneDriver:
             out.update(lane_test_state=lc.STATE_TESTING, lane_result=0,
                        lane_phase=lc.phase_code(cur.method, phase))
         else:
-            out.update(lane_test_state=lc.STATE_FINISHED, lane_phase=0,
+            out.update(lane_test_state=lc.STATE_ABORTED if test.aborted
+                       else lc.STATE_FINISHED, lane_phase=0,
                        lane_result=lc.RESULT_CODES.get(test.result, 0))
         return out
 
@@ -532,7 +569,7 @@ class LaneDriver:
         if not rows:
             return None
         last = dict(rows[-1])
-        f = 1.0 if dt < _LINE_DELAY_S else math.exp(-(dt - _LINE_DELAY_S) / 1.2)
+        f = 1.0 if dt < _HOLD_S else math.exp(-(dt - _HOLD_S) / 1.2)
         if role == "analyzer":
             for k in ("co_pct", "hc_ppm", "no_ppm", "nox_ppm"):
                 if k in last:
@@ -551,10 +588,11 @@ class LaneDriver:
             last["opacity_pct"] = vm._q(vres.opacity_from_k(last["k_m1"]), 0.01)
         elif role in ("dyno", "obd"):
             key = "speed_kmh" if role == "dyno" else "obd_speed_kmh"
-            v = max(0.0, last.get(key, 0.0) * (1.0 - dt / 4.0))
-            last[key] = vm._q(v, 0.01 if role == "dyno" else 1.0)
-            if role == "dyno":
-                last.update(target_speed_kmh=0.0, force_n=0.0, power_kw=0.0)
+            if dt >= _HOLD_S:
+                v = max(0.0, last.get(key, 0.0) * (1.0 - (dt - _HOLD_S) / 3.0))
+                last[key] = vm._q(v, 0.01 if role == "dyno" else 1.0)
+                if role == "dyno":
+                    last.update(target_speed_kmh=0.0, force_n=0.0, power_kw=0.0)
         else:
             return None
         return {**last, "status": 0}

@@ -129,16 +129,40 @@ def test_instruments_show_the_test_and_rest_between_tests() -> None:
     dy = d.values("dyno", first.start + fast[-1] + 0.3)
     assert abs(dy["speed_kmh"] - vres.ASM_SPEED[first.method]) < 3.0
     assert dy["power_kw"] == pytest.approx(dy["force_n"] * dy["speed_kmh"] / 3600, rel=0.03)
-    # the probe stays in the tailpipe for the line delay, rollers coast down
+    # car and probe stay a few seconds after the end; then the rollers coast down
     held = d.values("analyzer", first.end + 1.5)
     assert held["co_pct"] + held["co2_pct"] > 13.0
-    assert 0 < d.values("dyno", first.end + 1.5)["speed_kmh"] < dy["speed_kmh"]
-    gap = first.end + 6.5
+    last_speed = first.rows["dyno"][-1]
+    assert last_speed is not None
+    assert d.values("dyno", first.end + 1.5)["speed_kmh"] == last_speed["speed_kmh"]
+    assert 0 < d.values("dyno", first.end + 6.5)["speed_kmh"] < last_speed["speed_kmh"]
+    gap = first.end + 9.5
     assert d.values("analyzer", gap)["co2_pct"] < 0.2
     assert d.values("dyno", gap)["speed_kmh"] == 0.0
     assert d.values("obd", gap)["status"] == 1  # no vehicle on the OBD adapter
     w1, w2 = d.values("weather", gap), d.values("weather", gap + 60)
     assert 0 < w1["ambient_rh_pct"] <= 100 and w1 != w2
+
+
+def test_one_tachometer_feeds_both_exhaust_instruments() -> None:
+    d = driver(methods=("asm5025", "free_accel"))
+    gas, diesel = d.tests(T0 + 300)[:2]
+    for t in (gas.start + 12.2, diesel.start + 20.2, gas.end + 2.0):
+        a, o = d.values("analyzer", t), d.values("opacimeter", t)
+        assert a["rpm"] == o["rpm"] > 500 and a["oil_temp_c"] == o["oil_temp_c"]
+    assert d.values("opacimeter", gas.start + 12.2)["k_m1"] < 0.02  # not in use
+
+
+def test_stop_aborts_the_test_under_way_and_starts_no_other() -> None:
+    d = driver()
+    first = d.tests(T0 + 10)[0]
+    cut = first.start + 12.4
+    d.stop(cut)
+    assert first.aborted and first.result == "" and first.end == first.start + 13
+    v = d.values("lane", first.start + 13.5)
+    assert v["lane_test_state"] == lc.STATE_ABORTED and v["lane_result"] == 0
+    assert len(d.tests(T0 + 900)) == 1
+    assert d.values("analyzer", first.start + 14)["co2_pct"] < 0.2  # no tail after abort
 
 
 def test_probe_out_dilutes_only_the_injected_test() -> None:
