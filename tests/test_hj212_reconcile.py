@@ -218,3 +218,16 @@ def test_offline_detect_command_on_records(tmp_path: Path) -> None:
     keys = {json.loads(ln)["key"] for ln in out.read_text().splitlines()}
     assert {f"E3|{SITE}|logger|so2_mgm3|mismatch", f"E3|{SITE}|logger|pm_mgm3|mismatch",
             f"E3|{SITE}|logger|identical|nox_mgm3+pm_mgm3"} <= keys
+
+
+def test_real_time_reports_do_not_wait_behind_an_hourly_mean() -> None:
+    recs = site_records(300, Tamper(scale={"a21026": 0.5}), rtd_every=10)
+    hour = logger_sample(T0, "2061", transmitted(canonical(T0)), 1, "Avg")
+    eng = DetectionEngine({SITE: SiteInfo(SITE, "stack_cems", limits=LIMITS)}, None,
+                          ["HJ212"])
+    first: dict[str, float] = {}
+    for r in sorted([hour, *recs], key=lambda r: r.time):
+        for u in eng.feed(r):
+            first.setdefault(u.alert.key, r.time)
+    key = f"E3|{SITE}|logger|so2_mgm3|mismatch"
+    assert first[key] - T0 <= 30  # third report (T0 + 20) judged 5 s later

@@ -94,7 +94,8 @@ class _Site:
     analyzers: dict[tuple[str, str], _Series] = field(default_factory=dict)
     #: latest analyzer sample time (comparisons wait until the data cover their window)
     watermark: float = -math.inf
-    pending: deque[_Pending] = field(default_factory=deque)
+    #: per logger instrument (real-time reports must not wait behind an hourly mean)
+    pending: dict[str, deque[_Pending]] = field(default_factory=dict)
     last_time: dict[str, float] = field(default_factory=dict)
     periods: dict[str, float] = field(default_factory=dict)
 
@@ -112,7 +113,8 @@ class HJ212Reconciliation(Detector):
     within `max_skew_s` seconds of its DataTime; it matches if it lies within their range
     widened by `rel_tol` (relative) or `abs_tol` (absolute), whichever is larger. A
     minute/hourly mean is compared with the mean of the analyzer's valid readings over the
-    same period (at least `avg_min_samples` of them), within `avg_rel_tol` / `abs_tol`.
+    same period (at least `avg_min_samples` of them, spread over at least
+    `avg_min_coverage` of the period), within `avg_rel_tol` / `abs_tol`.
     `min_mismatches` consecutive mismatches of a signal raise an alert (high when the
     median reported/measured ratio is off by `mismatch_high_rel` or more): evidence names
     the signal and its HJ 212 code, reported and measured values with their times and
@@ -152,6 +154,7 @@ class HJ212Reconciliation(Detector):
         "abs_tol": 0.0,
         "avg_rel_tol": 0.05,
         "avg_min_samples": 3,
+        "avg_min_coverage": 0.5,
         "min_mismatches": 3,
         "mismatch_high_rel": 0.05,
         "identical_min_samples": 10,
@@ -243,11 +246,12 @@ class HJ212Reconciliation(Detector):
             period = self._period(st, s.instrument, suffix, s.time)
             start, end = s.time, s.time + period
         item = _Pending(s, suffix, start, end)
-        st.pending.append(item)
+        queue = st.pending.setdefault(s.instrument, deque())
+        queue.append(item)
         # never wait for ever: reports older than the kept history cannot be judged
         cut = s.time - float(self.p["history_s"])
-        while st.pending and st.pending[0].sample.time < cut:
-            st.pending.popleft()
+        while queue and queue[0].sample.time < cut:
+            queue.popleft()
         # identical channels need no analyzer data: judged at once
         out = self._identical(s.site, self.sites[s.site].kind, st, item) if suffix == "" \
             else []
@@ -314,8 +318,9 @@ class HJ212Reconciliation(Detector):
 
     def _evaluate(self, site: str, st: _Site, final: bool) -> list[Alert]:
         out: list[Alert] = []
-        while st.pending and (final or st.pending[0].end <= st.watermark):
-            out += self._judge(site, st, st.pending.popleft())
+        for queue in st.pending.values():
+            while queue and (final or queue[0].end <= st.watermark):
+                out += self._judge(site, st, queue.popleft())
         return out
 
     def _judge(self, site: str, st: _Site, item: _Pending) -> list[Alert]:
@@ -356,8 +361,10 @@ class HJ212Reconciliation(Detector):
                     "nearest_time": near[0] if near else None, "flags": flags,
                     "origins": o, "n": len(pts)}
         total, n, flags, o = 0.0, 0, {}, Origins()
+        span = item.end - item.start
         if ser.raw and ser.raw[0][0] <= item.start:
             # still held reading by reading: the exact window
+            first = last = None
             for t, v, f, org in ser.raw:
                 if item.start <= t < item.end:
                     if f in VALID_FLAGS:
@@ -365,24 +372,31 @@ class HJ212Reconciliation(Detector):
                         n += 1
                     flags[f] = flags.get(f, 0) + 1
                     o.add(org)
+                    first = t if first is None else first
+                    last = t
+            if not flags or first is None or last is None:
+                return None
+            covered = last - first
+        else:
+            # older: whole bins inside the window (windows start on bin boundaries)
+            b = self._bin
+            lo, hi = math.ceil(item.start / b - 1e-9), math.ceil(item.end / b - 1e-9)
+            used = 0
+            for k in range(lo, hi):
+                bn = ser.bins.get(k)
+                if bn is None:
+                    continue
+                used += 1
+                total += bn.total
+                n += bn.n
+                for f, c in bn.flags.items():
+                    flags[f] = flags.get(f, 0) + c
+                o.merge(bn.origins)
             if not flags:
                 return None
-            return {"mean": total / n if n else None, "n_valid": n, "flags": flags,
-                    "origins": o, "n": sum(flags.values())}
-        # older: whole bins inside the window (windows start on bin boundaries in practice)
-        b = self._bin
-        lo, hi = math.ceil(item.start / b - 1e-9), math.ceil(item.end / b - 1e-9)
-        for k in range(lo, hi):
-            bn = ser.bins.get(k)
-            if bn is None:
-                continue
-            total += bn.total
-            n += bn.n
-            for f, c in bn.flags.items():
-                flags[f] = flags.get(f, 0) + c
-            o.merge(bn.origins)
-        if not flags:
-            return None
+            covered = used * b
+        if span > 0 and covered < float(self.p["avg_min_coverage"]) * span:
+            return None  # the analyzer was not read over most of the period
         return {"mean": total / n if n else None, "n_valid": n, "flags": flags, "origins": o,
                 "n": sum(flags.values())}
 
