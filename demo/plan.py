@@ -7,7 +7,9 @@ Two sites, one gateway each, as a regional deployment would have them:
   line), a chassis dynamometer (Modbus TCP), an OBD adapter, a smoke opacimeter and a
   weather station (raw serial). sim/lane.py plays a sequence of tests into them.
 * ``demo-cems``: a coal-fired unit's stack CEMS cabinet (Modbus RTU), played by
-  sim/stack_site.py on a compressed clock.
+  sim/stack_site.py on a compressed clock, and the site's HJ 212 data logger reporting
+  the same values to the gateway, tampered (sim/hj212_site.py: SO2 x 0.53, NOx copied
+  into three other channels).
 
 Instrument ids carry their lane as a prefix (``L1.analyzer``), the convention the
 detectors use to tell lanes apart. The vehicle scenario is chosen so that several
@@ -158,13 +160,17 @@ def station_site(info: StackInfo, key_file: Path, profiles: Path, state: Path
     }
 
 
-def cems_site(info: StackInfo, key_file: Path, profiles: Path, state: Path
-              ) -> dict[str, Any]:
+def cems_site(info: StackInfo, key_file: Path, profiles: Path, state: Path,
+              hj212_port: int) -> dict[str, Any]:
+    """The stack site; its gateway also listens for the site's HJ 212 data logger."""
+    from sim.hj212_site import hj212_section
+
     return {
         "site": CEMS, "gateway_id": CEMS_GW, "kind": "stack_cems",
         "key_file": str(key_file), "profiles_dir": str(profiles),
         "uplink": _uplink(info, CEMS_GW),
         "outbox": {"path": str(state / "cems-outbox.sqlite"), "batch_max_ms": 1000},
+        "hj212": hj212_section(hj212_port),
         "instruments": [_inst(
             CEMS_INSTRUMENT, "stack_cems",
             {"type": "modbus_rtu", "port": "/dev/ttyAMA0", "baudrate": 9600, "parity": "E"},

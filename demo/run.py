@@ -8,10 +8,12 @@ Order of events (each step waits until the previous one is really up):
    with detection on for the demo sites;
 4. the simulated instruments of both sites and one agent per site (subprocesses, the
    real ``stationseal agent run``);
-5. the lane and stack drivers start their scenario; the run lasts ``--seconds``;
-6. agents stop first (SIGTERM: they seal and send what they hold), then the demo waits,
-   bounded, until InfluxDB holds every recorded reading, then stops ingest, the
-   simulators and the stack, and writes ``OUT/summary.json``.
+5. the lane and stack drivers start their scenario, and the stack site's (tampering)
+   HJ 212 data logger starts reporting to its gateway; the run lasts ``--seconds``;
+6. the lanes close (a test under way is aborted) and the logger stops; then the agents
+   (SIGTERM: they seal and send what they hold); the demo waits, bounded, until
+   InfluxDB holds every recorded reading, then stops ingest, the simulators and the
+   stack, and writes ``OUT/summary.json``.
 
 Ctrl-C or an error at any step runs the same teardown, so nothing is left running.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -44,6 +47,14 @@ from demo.report import (
 from demo.simulators import SimThread
 from sim import lane as lane_sim
 from sim import stack_site
+from sim.hj212_site import (
+    DEMO_MN,
+    LoggerRun,
+    demo_labels,
+    demo_tamper,
+    driver_values_fn,
+    start_logger,
+)
 from stationseal import stack
 from stationseal.keys import KeyRegistry, generate_keypair
 
@@ -66,6 +77,13 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.25)
         if time.monotonic() >= end:
             return False
         time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _stop_signal(signum: int, frame: FrameType | None) -> None:
@@ -97,6 +115,9 @@ class Demo:
         self.stored: dict[str, int] = {}
         self.quarantine: dict[str, int] | None = None
         self.interrupted = False
+        self.hj212_port = 0
+        self.logger: LoggerRun | None = None
+        self.logger_labels: list[dict[str, Any]] = []
 
     # -- paths ------------------------------------------------------------------------
     def p(self, *parts: str) -> Path:
@@ -169,6 +190,7 @@ class Demo:
     def start_sites(self, info: stack.StackInfo, keys: dict[str, Path],
                     scenario: plan.Scenario) -> None:
         self.sims = SimThread()
+        self.hj212_port = free_port()
         far = time.time() + 10 * 86400  # placeholders: idle lanes until the run starts
         self.lanes.update({ln: lane_sim.LaneDriver(cfg, far)
                            for ln, cfg in scenario.lanes.items()})
@@ -181,7 +203,8 @@ class Demo:
                  plan.station_site(info, keys[plan.STATION_GW], PROFILES, state),
                  lane_sim.values_factory(self.lanes)),
                 ("cems", plan.CEMS_GW,
-                 plan.cems_site(info, keys[plan.CEMS_GW], PROFILES, state),
+                 plan.cems_site(info, keys[plan.CEMS_GW], PROFILES, state,
+                                self.hj212_port),
                  stack_site.values_factory(self.stacks))):
             cfg = plan.write_yaml(self.p("config", f"{name}.yaml"), doc)
             runtime = self.p("config", f"{name}.runtime.yaml")
@@ -225,6 +248,14 @@ class Demo:
         self.stacks[plan.CEMS_INSTRUMENT] = stack_site.StackSiteDriver(
             plan.CEMS, self.t_go, seconds_per_hour=self.seconds_per_hour,
             instrument=plan.CEMS_INSTRUMENT, injections=scenario.stack)
+        # The site's data logger reports the same stack to the gateway, tampered (E3).
+        tamper = demo_tamper()
+        assert self.sims is not None
+        self.logger = self.sims.call(start_logger(
+            self.hj212_port, driver_values_fn(lambda: self.stacks[plan.CEMS_INSTRUMENT]),
+            mn=DEMO_MN, tamper=tamper, rtd_interval=2.0, minute_period=60.0,
+            hour_period=None))
+        self.logger_labels = demo_labels(plan.CEMS, self.t_go, tamper)
         log(f"scenario running for {self.seconds:.0f} s: lanes {', '.join(self.lanes)} "
             f"({scenario.vehicle_text}); stack ({scenario.stack_text}), one simulated hour "
             f"per {self.seconds_per_hour:g} s")
@@ -255,7 +286,14 @@ class Demo:
             driver.stop(self.t_stop)
         time.sleep(3.0)
 
+    def stop_logger(self) -> None:
+        """First, so the gateway seals and answers everything the logger sent."""
+        if self.logger is not None and self.sims is not None:
+            self.sims.call(self.logger.stop())
+        self.logger = None
+
     def stop_agents(self) -> None:
+        self.stop_logger()
         for child in self.agents.values():
             self.children.terminate(child)
         for gw, child in self.agents.items():
@@ -293,6 +331,7 @@ class Demo:
 
     def teardown(self) -> None:
         """Stop whatever is still running, agents first; safe to call twice."""
+        self.stop_logger()
         for child in self.agents.values():
             if child.alive():
                 self.children.stop(child, timeout=20.0)

@@ -15,14 +15,12 @@ if TYPE_CHECKING:
 
 #: Findings the demo cannot show, and why.
 LEFT_OUT = [
-    "E3 reported-vs-measured (a data logger reporting SO2 x 0.53 over HJ 212): the gateway "
-    "agent has no HJ 212 listener yet, so the tampering logger (sim/hj212_logger.py) has "
-    "nothing to report to.",
-    "E1, E2, E3 (lockstep), E5, E7 judge hourly means over days to weeks of real hours: the "
-    "gateway stamps readings in real time, so no compression of the simulated plant makes "
-    "them observable in minutes.",
-    "V10 (results clustered under the limit) needs dozens of station tests; V3/V4/V7 are not "
-    "in the default scenario (see --scenario).",
+    "E1, E2, E3 (lockstep channels), E5, E7 judge hourly means over days to weeks of real "
+    "hours: the gateway stamps readings in real time, so no compression of the simulated "
+    "plant makes them observable in minutes.",
+    "V10 (results clustered under the limit) needs dozens of station tests; V4/V7 are not "
+    "in the default scenario (see --scenario); V2 rpm copying cannot be shown bit-identical "
+    "through an analyzer whose rpm register holds whole rpm while OBD rpm has 0.25 rpm steps.",
 ]
 
 
@@ -78,6 +76,11 @@ def build(demo: Demo, scenario: plan.Scenario) -> dict[str, Any]:
             same = [a["id"] for a in alerts if a.get("rule") == lab["pattern"]
                     and a.get("site") == lab["site"]]
             stack_planted.append({**lab, "start_rel_s": lab["start"] - d.start, "alerts": same})
+    for lab in demo.logger_labels:
+        same = [a["id"] for a in alerts if a.get("rule") == lab["pattern"]
+                and a.get("site") == lab["site"]
+                and str(a.get("instrument", "")).startswith("logger")]
+        stack_planted.append({**lab, "start_rel_s": lab["start"] - demo.t_go, "alerts": same})
     notes = [f"test context: {test_context_mode()}",
              f"demo detector parameters (config/PARAMS.yaml): {plan.detector_params(demo.seconds)}"]
     unfinished = sorted({p["rule"] for p in planted if not p["finished"]})

@@ -19,9 +19,9 @@ windows: ``E4`` freezes a pollutant (flat line), ``E5`` holds it just under its 
 registers follow the model's own routine calibrations too, so the gateway sees those
 changes as well.
 
-:meth:`StackSiteDriver.hj212_values_fn` serves the same samples to a simulated HJ 212
-data logger (sim/hj212_logger.py, ``Tamper(scale={"a21026": 0.53})`` for the E3 trick)
-once a gateway has an HJ 212 listener to report to.
+The same samples can feed the site's simulated HJ 212 data logger
+(sim/hj212_site.py ``driver_values_fn``, which converts to the units HJ 212 transmits),
+honest or tampering (``demo_tamper``: SO2 x 0.53, pattern E3).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from typing import Any
 from sim import envpatterns
 from sim.cems import CEMS_LIMITS, StackModel, cems_series
 from sim.envcommon import Record
-from stationseal.hj212.codes import SIGNAL_TO_HJ212
 from stationseal.records import Sample, SiteEvent
 
 #: Patterns that can be played live (see the module docstring).
@@ -176,20 +175,6 @@ class StackSiteDriver:
 
     def values_fn(self) -> Callable[[float], dict[str, Any]]:
         return self.values
-
-    def hj212_values_fn(self, st: str = "31") -> Callable[[float], dict[str, tuple[float, str]]]:
-        """``code -> (value, flag)`` for sim/hj212_logger.py, from the same samples."""
-
-        def fn(t: float) -> dict[str, tuple[float, str]]:
-            s = self.sample_at(t)
-            out: dict[str, tuple[float, str]] = {}
-            for sig, v in s.values.items():
-                code = SIGNAL_TO_HJ212.get((st, sig))
-                if code is not None:
-                    out[code] = (v, s.flags.get(sig, "N"))
-            return out
-
-        return fn
 
     def labels(self) -> list[dict[str, Any]]:
         """Ground truth: each planted pattern with its real and simulated windows."""

@@ -83,8 +83,8 @@ def test_demo_alerts_the_planted_patterns(
     out, _ = demo_run
     alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines() if x]
     rules = {(a["rule"], a["site"]) for a in alerts}
-    # stack patterns are judged on samples and events: shown within any run
-    assert {("E4", CEMS), ("E8", CEMS)} <= rules
+    # stack patterns (samples, events) and the tampering HJ 212 logger: shown in any run
+    assert {("E4", CEMS), ("E8", CEMS), ("E3", CEMS)} <= rules
     s = json.loads((out / "summary.json").read_text())
     if s["test_context"].startswith("lane controller"):
         # per-test patterns of tests that finished are all alerted, on the right test

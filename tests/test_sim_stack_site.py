@@ -90,14 +90,11 @@ def test_zero_span_check_sets_the_calibration_coil() -> None:
     assert d.values(T0 + 20)["status"] == 0  # 02:15
 
 
-def test_values_encode_into_the_cems_profile_and_hj212_codes() -> None:
+def test_values_encode_into_the_cems_profile() -> None:
     d = StackSiteDriver("S", T0)
     prof = load_profile(PROFILES / "stack_cems.yaml")
     fn = values_factory({"stack1.cems": d})("stack1.cems", prof, None)
     assert fn is not None
     img = encode_registers(prof, fn(T0 + 5))
     assert img["input"] and img["holding"] and set(img["coil"]) == {0, 1, 2, 3}
-    codes = d.hj212_values_fn()(T0 + 5)
-    assert codes["a21026"][0] == d.values(T0 + 5)["so2_mgm3"]  # SO2
-    assert codes["a21026"][1] == "N"
     assert values_factory({})("x", prof, None) is None
