@@ -610,6 +610,9 @@ def test_docs_mapping_table_is_current() -> None:
 
 
 def test_code_table_is_declared_for_wheels() -> None:
-    """Without MANIFEST.in a built wheel lacks the TSV and pollutant_codes() fails."""
-    manifest = Path(__file__).resolve().parents[1] / "MANIFEST.in"
-    assert "include stationseal/hj212/hj212-2017-codes.tsv" in manifest.read_text()
+    """Without package data a built wheel lacks the TSV and pollutant_codes() fails."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
+    assert any(p in ("*.tsv", "hj212-2017-codes.tsv") for p in data["stationseal.hj212"])
