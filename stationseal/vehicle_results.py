@@ -26,6 +26,19 @@ PHASES: dict[str, tuple[str, ...]] = {
     "lug_down": ("accel", "scan", "settle_100", "measure_100", "settle_80", "measure_80"),
 }
 
+#: Chinese names of the methods and phases, for alert texts (GB 18285 / GB 3847 terms).
+METHOD_ZH: dict[str, str] = {
+    "idle": "双怠速", "asm5025": "稳态工况 ASM5025", "asm2540": "稳态工况 ASM2540",
+    "vmas": "简易瞬态工况", "free_accel": "自由加速", "lug_down": "加载减速",
+}
+PHASE_ZH: dict[str, str] = {
+    "precondition": "预热", "high_idle_settle": "高怠速稳定", "high_idle": "高怠速测量",
+    "idle_settle": "怠速稳定", "idle": "怠速测量", "accel": "加速", "settle": "稳定",
+    "stable": "稳定计时", "fast": "快速检测段", "full": "全程检测段", "trace": "工况曲线",
+    "purge": "吹拂", "measure": "测量", "scan": "功率扫描", "settle_100": "100% 点稳定",
+    "measure_100": "100% 点测量", "settle_80": "80% 点稳定", "measure_80": "80% 点测量",
+}
+
 #: Phases whose seconds enter the result: the only seconds whose integrity decides a verdict.
 SCORED_PHASES: frozenset[str] = frozenset(
     {"high_idle", "idle", "fast", "full", "trace", "measure", "measure_100", "measure_80"}

@@ -113,7 +113,8 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
             f"Near-identical {test.method} curves under different plates ({how}): "
             f"{test.vehicle} vs {', '.join(plates)} (r {rtxt}): substitute vehicle or "
             f"replayed data suspected",
-            f"不同号牌车辆的 {test.method} 过程曲线几乎相同（{how_zh}）：{test.vehicle} 与 "
+            f"不同号牌车辆的{vres.METHOD_ZH.get(test.method, test.method)}过程曲线几乎相同"
+            f"（{how_zh}）：{test.vehicle} 与 "
             f"{'、'.join(plates)}（相关系数 {rtxt}），疑似替车检测或回放数据",
             {"check": "curves", "matched_tests": rs, "test_ids": [test.id, *rs],
              "plates": [test.vehicle, *plates], "best_match": best[0].test_id,

@@ -98,7 +98,8 @@ class ShortenedTestDetector(segments.PerTestDetector):
             findings.append({"check": "phase_count", "phase": phase, "seconds": have,
                              "expected_seconds": want})
             en.append(f"{test.method} phase '{phase}' has {have} s (expected {want})")
-            zh.append(f"{test.method} 计分阶段“{phase}”仅有 {have} 秒数据（应为 {want} 秒）")
+            zh.append(f"{vres.METHOD_ZH.get(test.method, test.method)}计分阶段"
+                      f"“{vres.PHASE_ZH.get(phase, phase)}”有 {have} 秒数据（应为 {want} 秒）")
         if not findings:
             return []
         return [self.test_alert(

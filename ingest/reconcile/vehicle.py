@@ -310,7 +310,7 @@ def _compare(r: ReportedTest, t: TestRecord, tol: Tolerance,
     problems_zh: list[str] = []
     if r.method != t.method and t.method in vres.PHASES:
         problems_en.append(f"method reported {r.method}, instruments show {t.method}")
-        problems_zh.append(f"上报检测方法为 {r.method}，仪器数据显示为 {t.method}")
+        problems_zh.append(f"上报检测方法为{_mzh(r.method)}，仪器数据显示为{_mzh(t.method)}")
     if verdict is not None and r.method == t.method and verdict != r.result:
         problems_en.append(f"reported {r.result}, measured values {verdict}")
         problems_zh.append(f"上报结论为{_zh(r.result)}，实测结果为{_zh(verdict)}")
@@ -347,7 +347,7 @@ def _noseal(r: ReportedTest) -> Alert:
         instrument=f"{r.lane}.lane" if r.lane else "lane", start=r.start, end=r.end,
         summary_en=f"Reported {r.method} test {r.test_id} of {r.vehicle} ({r.result}) has no "
                    f"sealed instrument data: the test may never have run",
-        summary_zh=f"上报的 {r.vehicle} 检测（{r.test_id}，{r.method}，结论{_zh(r.result)}）"
+        summary_zh=f"上报的 {r.vehicle} 检测（{r.test_id}，{_mzh(r.method)}，结论{_zh(r.result)}）"
                    f"没有对应的封存仪器数据，疑似虚构检测",
         evidence={"reported_test_id": r.test_id, "report_row": r.source,
                   "vehicle": r.vehicle, "vin": r.vin, "method": r.method, "lane": r.lane,
@@ -378,3 +378,7 @@ def _unreported(t: TestRecord) -> Alert:
 
 def _zh(result: str | None) -> str:
     return {"pass": "合格", "fail": "不合格"}.get(result or "", "未知")
+
+
+def _mzh(method: str) -> str:
+    return vres.METHOD_ZH.get(method, method)
