@@ -78,9 +78,10 @@ class ShortenedTestDetector(segments.PerTestDetector):
             en.append(f"{worst['instrument']} has {worst['samples']} samples over "
                       f"{worst['elapsed_seconds']} s ({worst['missing_seconds']} s missing: "
                       f"{gap_txt})")
+            gap_zh = "、".join(f"第 {a}–{b} 秒" for a, b in worst["gaps"][:3])
             zh.append(f"{worst['instrument']} 在 {worst['elapsed_seconds']} 秒内仅有 "
                       f"{worst['samples']} 个采样点（缺失 {worst['missing_seconds']} 秒："
-                      f"{gap_txt}）")
+                      f"{gap_zh}）")
         expected_phases = dict(p["expected_phase_seconds"].get(test.method, {}))
         counts: dict[str, int] = {}
         for s in test.seconds:
