@@ -62,6 +62,7 @@ class FabricatedObdDetector(segments.PerTestDetector):
         super().__init__(sites, params)
         # (site, odometer) -> {vin: (test start, test id)}
         self.odometers: dict[tuple[str, float], dict[str, tuple[float, str]]] = {}
+        self._seen_tests = 0
 
     def on_test(self, test: segments.TestRecord) -> list[Alert]:
         return self._stream(test) + self._odometer(test)
@@ -134,8 +135,12 @@ class FabricatedObdDetector(segments.PerTestDetector):
         if odo is None or not vin or float(odo) <= 0.0:
             return []
         key = (test.site, round(float(odo), 1))
-        seen = self.odometers.setdefault(key, {})
         horizon = test.start - self.p["odometer_window_days"] * 86400.0
+        self._seen_tests += 1
+        if self._seen_tests % 5000 == 0:  # forget readings nobody can match any more
+            self.odometers = {k: v for k, v in self.odometers.items()
+                              if max(t for t, _ in v.values()) >= horizon}
+        seen = self.odometers.setdefault(key, {})
         for v in [v for v, (t, _) in seen.items() if t < horizon]:
             del seen[v]
         new_vin = vin not in seen

@@ -195,6 +195,9 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
         if not keys:
             return []
         if result == "fail":
+            if len(self.fails) > 10000:  # cars that never came back can no longer match
+                cut = test.start - 60.0 * self.p["max_retest_min"]
+                self.fails = {k: v for k, v in self.fails.items() if v[0] >= cut}
             for k in keys:
                 self.fails[k] = (test.end, test.id)
             return []
