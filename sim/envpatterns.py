@@ -36,13 +36,14 @@ E3_PAIRS: dict[str, tuple[str, str]] = {
 
 PATTERNS: dict[str, str] = {
     "E1": "sampler blocked/wetted: PM scaled by `factor` (default 0.3-0.6)",
-    "E2": "true `signal` raised `excess`-fold, then the sample diluted with air to sit just "
-          "under the limit (pollutants x (1-f), O2 -> O2 (1-f) + 20.9 f)",
+    "E2": "true `signal` raised to `excess` (default 1.2-1.6) x its limit, then the sample "
+          "diluted with air to sit just under the limit (pollutants x (1-f), "
+          "O2 -> O2 (1-f) + 20.9 f)",
     "E3": "channel `pair[1]` computed in the logger as a x `pair[0]` + b",
     "E4": "`mode` flat: `signal` frozen at its value at `start`; mode repeat: every signal "
           "replays the day before `start`",
-    "E5": "`signal` scaled so its median is 1.1-1.4 x limit, values above 0.9 L clamped into "
-          "[0.9 L, 0.995 L]",
+    "E5": "`signal` scaled by `excess` (default: so that the previous day's median becomes "
+          "1.1-1.4 x limit), values above 0.9 L clamped into [0.9 L, 0.995 L]",
     "E6": "`signal` just over the limit, then flagged M (no maintenance log) while running",
     "E7": "`signals` squashed towards the previous day's mean by `squash` (0.05-0.15)",
     "E8": "calibration_change on span_coeff.`signal` at `start`, readings x `ratio` "
@@ -108,7 +109,9 @@ def _prepare(pattern: str, signal: str, kind: str, prev_day: list[Sample],
     if pattern == "E1":
         st["factor"] = kw.get("factor", rng.uniform(0.3, 0.6))
     elif pattern == "E2":
-        st["excess"] = kw.get("excess", rng.uniform(2.6, 3.4))
+        lim = limits[signal]
+        typical = _mean(prev) or lim / 2
+        st["excess"] = kw.get("excess", rng.uniform(1.2, 1.6)) * lim / typical
     elif pattern == "E3":
         a, b = kw.get("pair", E3_PAIRS[kind])
         xa = [s.values[a] for s in prev_day if a in s.values]

@@ -191,3 +191,37 @@ class FlowState:
     def operating(self, site: str) -> bool:
         f = self.flow.get(site)
         return f is None or f > self.flow_min
+
+
+def decimals(v: float) -> int:
+    """Decimal places ``v`` was reported with: 2.0 -> 0, 0.5 -> 1, 0.163 -> 3."""
+    text = repr(float(v))
+    if "e" in text:
+        return 6
+    return len(text.split(".")[1].rstrip("0"))
+
+
+class Quantum:
+    """A channel's reporting step (10^-d for its most common number of decimals).
+
+    Learnt from the first values, so that the odd imputed or averaged value with many
+    decimals does not make an integer channel look continuous.
+    """
+
+    __slots__ = ("counts", "step")
+
+    LEARN = 200
+
+    def __init__(self) -> None:
+        self.counts = [0] * 7
+        self.step = 0.0
+
+    def steps(self, v: float) -> float:
+        """``v`` in reporting steps above zero."""
+        if self.step == 0.0:
+            self.counts[min(decimals(v), 6)] += 1
+            best = max(range(7), key=self.counts.__getitem__)
+            if sum(self.counts) < self.LEARN:
+                return float(abs(v) * 10**best)
+            self.step = 10.0 ** -best
+        return abs(v) / self.step

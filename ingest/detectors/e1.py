@@ -75,7 +75,8 @@ class NeighbourDepressionDetector(Detector):
     (`offset` in the signal's unit) so that clean hours do not dominate. The residual is
     the station's log value minus the median of those predictions, standardised by the
     residual's own rolling mean and standard deviation σ (hours more than `sigma` σ out
-    are clipped before entering σ, so a fraud cannot inflate its own yardstick). No
+    are clipped before entering σ, and do not update the ratios, so a fraud cannot
+    inflate its own yardstick). No
     judgement before `min_history_h` hours of history or with fewer than `min_neighbours`
     neighbours reporting.
 
@@ -117,7 +118,7 @@ class NeighbourDepressionDetector(Detector):
         "medium_hours": 6.0,
         "high_hours": 12.0,
         "cusum_k": 1.0,
-        "min_drop_pct": 30.0,
+        "min_drop_pct": 35.0,
         "recover_hours": 3,
         "offset": 10.0,
         "history_h": 720,
@@ -239,7 +240,9 @@ class NeighbourDepressionDetector(Detector):
             st.add(r)
         else:
             st.add(st.mean() + max(-sigma, min(sigma, z)) * sd)
-        if z is None or z >= -sigma:
+        if z is None or abs(z) <= sigma:
+            # Anomalous hours, either way, stay out of the biases: a week of manipulated
+            # readings must not become the station's "typical ratio" to its neighbours.
             for n, ly in logs:
                 b = self._bias.get((site, n, sig))
                 if b is None:

@@ -102,8 +102,10 @@ class ChannelTamperingDetector(Detector):
     gives ``|r|`` close to 1; real channels driven by different processes do not stay
     that close. The shared rule is ``|r| > 0.98`` over 24 h (`r_threshold`). Real ambient data
     reach 0.98 now and then (everything accumulates under an inversion), so the defaults
-    pair pollutants with O3 (photochemical, not co-emitted) and leave out NO2–O3
-    (titration makes that pair anti-correlated for real).
+    pair pollutants with O3 (photochemical, not co-emitted) and leave out NO2–O3. Even so,
+    O3 is titrated away while primary pollutants accumulate, so winter days in Beijing
+    show r ≈ −0.99 between CO or PM2.5 and O3: negative correlations are judged only when
+    `negative` is set (a channel computed from another is a positive copy in practice).
 
     Severity: medium while ``|r| > r_threshold``; high once ``|r| >= r_high`` (`r_high`) for
     `high_hours` consecutive hours (a channel that is a formula of another).
@@ -133,6 +135,7 @@ class ChannelTamperingDetector(Detector):
         "min_distinct": 6,
         "r_threshold": 0.98,
         "r_high": 0.999,
+        "negative": False,
         "high_hours": 6,
         "mismatch_high_rel": 0.05,
     }
@@ -171,8 +174,10 @@ class ChannelTamperingDetector(Detector):
             if sums.n >= p["min_points"] and len(sums.cx) >= p["min_distinct"] \
                     and len(sums.cy) >= p["min_distinct"]:
                 res = sums.fit()
-            if res is not None and abs(res[0]) > p["r_threshold"]:
-                r = res[0]
+            r = res[0] if res is not None else 0.0
+            if not p["negative"]:
+                r = max(r, 0.0)
+            if res is not None and abs(r) > p["r_threshold"]:
                 if st.since is None:
                     st.since = st.pts[0][0]
                     st.level = 0

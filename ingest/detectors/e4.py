@@ -5,7 +5,6 @@ Signature: zero variance, very few distinct values, exact repeats of earlier day
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,6 +13,7 @@ from ingest.detectors.base import Alert, Detector, SiteInfo
 from ingest.detectors.common import (
     ENV_KINDS,
     FlowState,
+    Quantum,
     Severity,
     SortedWindow,
     hours_text,
@@ -27,17 +27,6 @@ from stationseal.records import Sample, to_rfc3339
 DAY = 86400.0
 
 
-def resolution_steps(v: float) -> float:
-    """``v`` in units of its last reported decimal: 2.0 -> 2, 0.5 -> 5, 0.163 -> 163."""
-    if v == 0:
-        return 0.0
-    text = repr(float(v))
-    if "e" in text:
-        return math.inf
-    frac = text.split(".")[1].rstrip("0")
-    return float(abs(v) * 10 ** len(frac))
-
-
 @dataclass(slots=True)
 class _Run:
     """Consecutive identical values of one signal."""
@@ -48,6 +37,8 @@ class _Run:
     n: int = 1
     step: float = 0.0
     floor: bool = False
+    #: Value only a few reporting steps above zero (`coarse_steps`), floor or not.
+    coarse: bool = False
     #: P(value repeats | previous value repeated) in the signal's history (alerted runs
     #: excluded), when the run started.
     p_same: float = 0.0
@@ -104,7 +95,8 @@ class FlatLineDetector(Detector):
        "rolling std 0 over 6 h"), and a run that long must be improbable for this signal:
        with ``p`` the share of repeated values among those that followed a repeated value
        in the signal's last `history_h` such cases (alerted runs excluded: repeats cluster
-       on calm nights), ``p ** (samples - 1)`` must be at most `max_chance`. Coarse
+       on calm nights; kept apart for values at most `coarse_steps` reporting steps above
+       zero, which repeat far more), ``p ** (samples - 1)`` must be at most `max_chance`. Coarse
        channels (CO reported in 0.1 mg/m³ steps repeats for hours) then need a longer run
        than fine ones.
     2. *Few distinct values*: at most `max_distinct` distinct values over `window_h` hours
@@ -116,14 +108,18 @@ class FlatLineDetector(Detector):
 
     *Floor*: instruments legitimately sit at their detection limit or resolution step for
     long spells (real Beijing data: SO2 at 2 µg/m³ for days). A flat line whose value is at
-    most `floor_steps` steps of its last reported decimal above zero (2 µg/m³, 0.5 mg/m³)
+    most `floor_steps` reporting steps above zero (2 µg/m³, 0.5 mg/m³; the step is the
+    channel's usual number of decimals, learnt from its first values)
     and at or below the `floor_quantile` of the signal's own last `history_h` hourly means
     (the lowest value seen, before `min_history_h` hours) is "at the floor": weaker
     evidence. The few-distinct test is skipped
     at the floor for the same reason.
 
-    Severity: flat line above the floor — medium from `window_h`, high from `high_hours`;
-    at the floor — low from `high_hours`, medium from `floor_hours`, never high. Few
+    Severity: flat line — medium from `window_h`, high from `high_hours`; at a value at
+    most `coarse_steps` reporting steps above zero (CO at 1.2 mg/m³ in 0.1 steps: a
+    coarse channel, where a repeat says less) — low from `window_h`, medium from
+    `high_hours`, high from `floor_hours`; at the floor — low from `high_hours`, medium
+    from `floor_hours`, never high. Few
     distinct values — medium, high once it has lasted `high_hours`. Repeated days — high:
     a varied day repeating to the digit does not happen by chance. Evidence gives the value,
     duration, sample count, the floor level and the origins (gateway, sequence range) of the
@@ -144,6 +140,7 @@ class FlatLineDetector(Detector):
         "min_samples": 30,
         "floor_quantile": 0.05,
         "floor_steps": 5,
+        "coarse_steps": 20,
         "history_h": 720,
         "min_history_h": 168,
         "repeat_hours": 24,
@@ -158,7 +155,8 @@ class FlatLineDetector(Detector):
         p = self.p
         self.window_s = float(p["window_h"]) * HOUR
         self._runs: dict[tuple[str, str, str], _Run] = {}
-        self._same: dict[tuple[str, str, str], _Persistence] = {}
+        self._same: dict[tuple[str, str, str, bool], _Persistence] = {}
+        self._quantum: dict[tuple[str, str, str], Quantum] = {}
         self._distinct: dict[tuple[str, str, str], _Distinct] = {}
         self._history: dict[tuple[str, str, str], SortedWindow] = {}
         self._hours: dict[tuple[str, str, str], dict[float, float]] = {}
@@ -182,7 +180,13 @@ class FlatLineDetector(Detector):
         else:
             q = h.quantile(float(self.p["floor_quantile"]))
             low = v <= q
-        return low and resolution_steps(v) <= self.p["floor_steps"], q
+        return low and self._steps(key, v) <= self.p["floor_steps"], q
+
+    def _steps(self, key: tuple[str, str, str], v: float) -> float:
+        qt = self._quantum.get(key)
+        if qt is None:
+            qt = self._quantum[key] = Quantum()
+        return qt.steps(v)
 
     # -- flat line -----------------------------------------------------------------------
 
@@ -190,11 +194,7 @@ class FlatLineDetector(Detector):
         site, inst, sig = key
         hours = (r.last - r.start + r.step) / HOUR
         p = self.p
-        sev: Severity
-        if r.floor:
-            sev = "medium" if hours >= p["floor_hours"] else "low"
-        else:
-            sev = "high" if hours >= p["high_hours"] else "medium"
+        sev = self._ladder(r)[max(r.level, 1) - 1][1]
         v = num(r.value)
         floor_en = " at the instrument's floor (lowest values it reports)" if r.floor else ""
         floor_zh = "（处于该仪器常见最低读数水平）" if r.floor else ""
@@ -208,11 +208,9 @@ class FlatLineDetector(Detector):
             "hours": num(hours, 3),
             "samples": r.n,
             "window": window(r.start, r.last),
-            "threshold_hours": {"medium" if not r.floor else "low":
-                                p["window_h"] if not r.floor else p["high_hours"],
-                                "high" if not r.floor else "medium":
-                                p["high_hours"] if not r.floor else p["floor_hours"]},
+            "threshold_hours": {sev_: h for h, sev_ in self._ladder(r)},
             "at_floor": r.floor,
+            "coarse": r.coarse,
             "p_repeat_after_repeat": num(r.p_same, 3),
             "chance": float(f"{self._chance(r):.3g}"),
             "max_chance": p["max_chance"],
@@ -239,14 +237,22 @@ class FlatLineDetector(Detector):
     def _chance(self, r: _Run) -> float:
         return float(r.p_same ** (r.n - 1))
 
+    def _ladder(self, r: _Run) -> list[tuple[float, Severity]]:
+        """(hours, severity) steps of a flat line: weaker evidence climbs more slowly."""
+        p = self.p
+        if r.floor:
+            return [(p["high_hours"], "low"), (p["floor_hours"], "medium")]
+        if r.coarse:
+            return [(p["window_h"], "low"), (p["high_hours"], "medium"),
+                    (p["floor_hours"], "high")]
+        return [(p["window_h"], "medium"), (p["high_hours"], "high")]
+
     def _check_run(self, key: tuple[str, str, str], r: _Run, out: list[Alert]) -> None:
         hours = (r.last - r.start + r.step) / HOUR
         p = self.p
-        first, second = (p["high_hours"], p["floor_hours"]) if r.floor \
-            else (p["window_h"], p["high_hours"])
         level = 0
-        if hours >= first and self._chance(r) <= p["max_chance"]:
-            level = 2 if hours >= second else 1
+        if self._chance(r) <= p["max_chance"]:
+            level = sum(1 for h, _ in self._ladder(r) if hours >= h)
         if level > r.level:
             r.level = level
             r.next_update_h = hours + float(p["update_every_h"])
@@ -255,7 +261,13 @@ class FlatLineDetector(Detector):
             r.next_update_h = hours + float(p["update_every_h"])
             out.append(self._flat_alert(key, r, final=False))
 
-    def _note_pair(self, key: tuple[str, str, str], same: int) -> None:
+    def _bucket(self, key: tuple[str, str, str], v: float) -> tuple[str, str, str, bool]:
+        """Persistence is kept apart for values only a few reporting steps above zero
+        (`coarse_steps`): an analyzer near its detection limit, or a channel reported in
+        coarse steps, repeats far more than the same analyzer mid-range."""
+        return (*key, self._steps(key, v) <= self.p["coarse_steps"])
+
+    def _note_pair(self, key: tuple[str, str, str, bool], same: int) -> None:
         """Record whether a value repeated its predecessor, given the predecessor repeated.
 
         Repeats cluster (a coarse channel on a calm night repeats for hours), so the chance
@@ -276,7 +288,7 @@ class FlatLineDetector(Detector):
             st.tot_all -= st.q_all.popleft()
         st.last = same
 
-    def _p_same(self, key: tuple[str, str, str]) -> float:
+    def _p_same(self, key: tuple[str, str, str, bool]) -> float:
         """P(repeat | previous repeated), shrunk towards the overall share of repeats.
 
         Two pseudo-observations at the overall share: a channel that almost never repeats
@@ -395,18 +407,19 @@ class FlatLineDetector(Detector):
                 if r.n == 1:
                     r.step = s.time - r.start
                 if not r.level:
-                    self._note_pair(key, 1)
+                    self._note_pair(self._bucket(key, v), 1)
                 r.n += 1
                 r.last = s.time
                 r.origins.add(s.origin)
                 self._check_run(key, r, out)
             else:
                 if r is not None:
-                    self._note_pair(key, 0)
+                    self._note_pair(self._bucket(key, r.value), 0)
                 self._end_run(key, out)
                 floor, _ = self._is_floor(key, v)
-                r = self._runs[key] = _Run(v, s.time, s.time, floor=floor,
-                                           p_same=self._p_same(key))
+                bucket = self._bucket(key, v)
+                r = self._runs[key] = _Run(v, s.time, s.time, floor=floor, coarse=bucket[3],
+                                           p_same=self._p_same(bucket))
                 r.origins.add(s.origin)
             if keep_distinct:
                 self._distinct_step(key, s.time, v, s, out)

@@ -106,7 +106,8 @@ class NearLimitDetector(Detector):
                 level = 2 if share >= p["high_share"] else 1
             if level:
                 if ch.since is None:
-                    ch.since = ch.hours[0][0]
+                    # The finding starts with the first in-band hour of the window.
+                    ch.since = next(t for t, c, _, _ in ch.hours if c == IN_BAND)
                     ch.level = 0
                     ch.max_share = 0.0
                 ch.max_share = max(ch.max_share, share)

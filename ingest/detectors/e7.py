@@ -14,6 +14,7 @@ from ingest.detectors.common import (
     ENV_KINDS,
     MEDIUM_HIGH,
     FlowState,
+    Quantum,
     SortedWindow,
     is_parameter,
     num,
@@ -51,9 +52,11 @@ class LowVariabilityDetector(Detector):
     the site's previous `history_days` judged days (at least `min_history_days` of them;
     quiet days do not enter the history, so a week of fraud cannot lower its own bar).
 
-    Days with fewer than `min_distinct` distinct hourly values are skipped: a flat or
-    coarsely quantised signal (SO2 at its detection limit) is E4's business, not evidence
-    of a moved probe. Days with a mean at or below zero are skipped (CV undefined).
+    Days whose mean is within `min_mean_steps` reporting steps of zero are skipped (SO2 at
+    its detection limit, CO in 0.1 mg/m³ steps on a clean day: quantisation, not a moved
+    probe), and so are flat days (one value all day: E4's business) and days with a mean
+    at or below zero (CV undefined). Skipped days and days with too few hours neither
+    extend nor end a run, unless more than `max_gap_days` pass without a judged day.
 
     A single calm day happens; a week of it does not. Severity: medium after `min_days`
     consecutive quiet days, high after `high_days`. Evidence: each quiet day's CV, the
@@ -70,7 +73,8 @@ class LowVariabilityDetector(Detector):
         "min_days": 2,
         "high_days": 4,
         "min_hours_per_day": 18,
-        "min_distinct": 5,
+        "min_mean_steps": 10,
+        "max_gap_days": 2,
         "signals": [],
         "flow_min": 0.0,
     }
@@ -81,6 +85,7 @@ class LowVariabilityDetector(Detector):
         self._days: dict[tuple[str, str, str], _Day] = {}
         self._hist: dict[tuple[str, str, str], SortedWindow] = {}
         self._runs: dict[tuple[str, str, str], _Run] = {}
+        self._quantum: dict[tuple[str, str, str], Quantum] = {}
         self._only = set(self.p["signals"])
 
     def on_hour(self, h: HourValues) -> list[Alert]:
@@ -109,9 +114,12 @@ class LowVariabilityDetector(Detector):
         run = self._runs.get(key)
         xs = d.values
         cv: float | None = None
-        if len(xs) >= p["min_hours_per_day"] and len(set(xs)) >= p["min_distinct"]:
+        if len(xs) >= p["min_hours_per_day"] and max(xs) > min(xs):
             mean = sum(xs) / len(xs)
-            if mean > 0:
+            q = self._quantum.get(key)
+            if q is None:
+                q = self._quantum[key] = Quantum()
+            if mean > 0 and q.steps(mean) > p["min_mean_steps"]:
                 cv = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) / mean
         hist = self._hist.get(key)
         if hist is None:
@@ -120,9 +128,12 @@ class LowVariabilityDetector(Detector):
         if cv is not None and len(hist) >= p["min_history_days"]:
             base = hist.quantile(0.5)
             quiet = base > 0 and cv < p["ratio"] * base
+        if cv is None:
+            if run is not None and d.start - run.last > (1 + p["max_gap_days"]) * DAY:
+                out += self._end_run(key)
+            return out
         if quiet:
-            assert cv is not None
-            if run is not None and d.start - run.last > DAY:
+            if run is not None and d.start - run.last > (1 + p["max_gap_days"]) * DAY:
                 out += self._end_run(key)
                 run = None
             if run is None:
@@ -137,8 +148,7 @@ class LowVariabilityDetector(Detector):
                 run.level = level
                 out.append(self._alert(key, run, final=False))
         else:
-            if cv is not None:
-                hist.add(cv)
+            hist.add(cv)
             if run is not None:
                 out += self._end_run(key)
         return out

@@ -27,6 +27,7 @@ class _Check:
 @dataclass(slots=True)
 class _Inst:
     recent: deque[Sample] = field(default_factory=deque)
+    last_dt: float = 0.0
     params: dict[str, float] = field(default_factory=dict)
     checks: list[_Check] = field(default_factory=list)
 
@@ -55,18 +56,19 @@ class CalibrationStepDetector(Detector):
     change in a sampled parameter register (``span_coeff.<signal>``,
     ``zero_offset.<signal>``). For the channel it names (every channel when it names
     none), the mean of valid samples in the `window_s` before the change is compared
-    with the mean in the `window_s` after it (at least `min_samples` on each side; samples
-    flagged C during the calibration itself are left out). A relative change beyond
-    `step_frac` alerts: real drift corrections move readings by a few percent, a step of a
-    third is a reading being re-scaled.
+    with the mean in the `window_s` after it (samples flagged C during the calibration
+    itself are left out). With fewer than `min_samples` on a side — hourly data — the
+    windows widen up to `max_window_s`, so that one noisy hour cannot make or hide a
+    step. A relative change beyond `step_frac` alerts: real drift corrections move
+    readings by a few percent, a step of a third is a reading being re-scaled.
 
     Every register change is also an integrity event (I-CAL); E8 is about its effect.
     Severity: high when readings stepped down (emissions made to look lower), medium when
-    up; low when the event names a span coefficient whose change (new/old) is itself
-    within `step_frac` and does not explain the step (readings that happened to move
-    around a routine calibration). Evidence: the register, old and new values, the
-    before/after means and counts per channel, the windows, and the origins of the change
-    and the samples.
+    up. No alert when the event names a span coefficient whose change (new/old) is itself
+    within `step_frac` and does not explain the step: readings that happened to move
+    around a routine calibration (a morning load ramp) are the process, not the register.
+    Evidence: the register, old and new values, the before/after means and counts per
+    channel, the windows, and the origins of the change and the samples.
     """
 
     rule: ClassVar[str] = "E8"
@@ -74,7 +76,8 @@ class CalibrationStepDetector(Detector):
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "step_frac": 0.3,
         "window_s": 3600.0,
-        "min_samples": 1,
+        "min_samples": 3,
+        "max_window_s": 6 * 3600.0,
         "events": ["calibration_change"],
     }
 
@@ -83,6 +86,7 @@ class CalibrationStepDetector(Detector):
         self._inst: dict[tuple[str, str], _Inst] = {}
         self._events = set(self.p["events"])
         self.window_s = float(self.p["window_s"])
+        self.max_window_s = max(self.window_s, float(self.p["max_window_s"]))
 
     def _state(self, site: str, inst: str) -> _Inst:
         st = self._inst.get((site, inst))
@@ -112,43 +116,56 @@ class CalibrationStepDetector(Detector):
                 st.checks.append(_Check(s.time, {tgt} if tgt else None,
                                         {"register": sig, "old": old, "new": v}, s.origin,
                                         "register_sample"))
+        if st.recent:
+            st.last_dt = s.time - st.recent[-1].time
         st.recent.append(s)
-        # Keep two windows: a change sealed up to one window late still finds its "before".
-        cutoff = s.time - 2 * self.window_s
+        # Keep two widest windows: a change sealed a window late still finds its "before".
+        cutoff = s.time - 2 * self.max_window_s
         if st.checks:
-            cutoff = min(cutoff, min(c.time for c in st.checks) - self.window_s)
+            cutoff = min(cutoff, min(c.time for c in st.checks) - self.max_window_s)
         while st.recent[0].time < cutoff:
             st.recent.popleft()
         out: list[Alert] = []
         if st.checks:
-            due = [c for c in st.checks if c.time + self.window_s < s.time]
+            # Dense data fills the short window; sparse (hourly) data waits for the wide one.
+            wait = self.window_s if st.last_dt * self.p["min_samples"] <= self.window_s \
+                else self.max_window_s
+            due = [c for c in st.checks if c.time + wait < s.time]
             if due:
-                st.checks = [c for c in st.checks if c.time + self.window_s >= s.time]
+                st.checks = [c for c in st.checks if c.time + wait >= s.time]
                 for c in due:
                     out += self._evaluate(s.site, s.instrument, st, c)
         return out
 
     def _evaluate(self, site: str, inst: str, st: _Inst, c: _Check) -> list[Alert]:
-        w = self.window_s
-        before = [x for x in st.recent if c.time - w <= x.time < c.time]
-        after = [x for x in st.recent if c.time <= x.time <= c.time + w]
+        w, wmax = self.window_s, self.max_window_s
+        before = [x for x in st.recent if c.time - wmax <= x.time < c.time]
+        after = [x for x in st.recent if c.time <= x.time <= c.time + wmax]
         sigs = c.targets
         if sigs is None:
             sigs = {k for x in before for k in x.values if not is_parameter(k)}
         steps: dict[str, dict[str, Any]] = {}
         n_min = int(self.p["min_samples"])
+        used = [c.time, c.time]
         for sig in sorted(sigs):
-            b = [x.values[sig] for x in before
-                 if sig in x.values and x.flags.get(sig, "N") in VALID_FLAGS]
-            a = [x.values[sig] for x in after
-                 if sig in x.values and x.flags.get(sig, "N") in VALID_FLAGS]
+            b_all = [(x.time, x.values[sig]) for x in before
+                     if sig in x.values and x.flags.get(sig, "N") in VALID_FLAGS]
+            a_all = [(x.time, x.values[sig]) for x in after
+                     if sig in x.values and x.flags.get(sig, "N") in VALID_FLAGS]
+            b = [tv for tv in b_all if tv[0] >= c.time - w]
+            a = [tv for tv in a_all if tv[0] <= c.time + w]
+            if len(b) < n_min:
+                b = b_all[-n_min:]
+            if len(a) < n_min:
+                a = a_all[:n_min]
             if len(b) < n_min or len(a) < n_min:
                 continue
-            mb, ma = sum(b) / len(b), sum(a) / len(a)
+            mb, ma = sum(v for _, v in b) / len(b), sum(v for _, v in a) / len(a)
             if mb <= 0:
                 continue
             change = (ma - mb) / mb
             if abs(change) > self.p["step_frac"]:
+                used = [min(used[0], b[0][0]), max(used[1], a[-1][0])]
                 steps[sig] = {"before_mean": num(mb), "after_mean": num(ma),
                               "change_pct": num(100 * change, 3), "before_n": len(b),
                               "after_n": len(a)}
@@ -163,11 +180,13 @@ class CalibrationStepDetector(Detector):
                     50 * self.p["step_frac"]
             if abs(implied) <= self.p["step_frac"] and \
                     not any(v["explained_by_register"] for v in steps.values()):
-                sev = "low"  # the register barely moved: the step is a coincidence
+                return []  # the register barely moved: the step is the process, not it
         origins = Origins()
         origins.add(c.origin)
         for x in before + after:
-            origins.add(x.origin)
+            if used[0] <= x.time <= used[1]:
+                origins.add(x.origin)
+        span_min = max(c.time - used[0], used[1] - c.time) / 60
         reg = c.detail.get("register") or c.detail.get("signal") or "calibration"
         ev: dict[str, Any] = {
             "finding": "step_after_calibration",
@@ -176,8 +195,8 @@ class CalibrationStepDetector(Detector):
             "steps": steps,
             "step_threshold_pct": 100 * self.p["step_frac"],
             "register_implied_change_pct": None if implied is None else num(100 * implied, 3),
-            "window_before": window(c.time - w, c.time),
-            "window_after": window(c.time, c.time + w),
+            "window_before": window(used[0], c.time),
+            "window_after": window(c.time, used[1]),
         }
         if origins:
             ev["origins"] = origins.to_json()
@@ -188,11 +207,11 @@ class CalibrationStepDetector(Detector):
         chg_zh = f"由{old}改为{new}" if old is not None and new is not None else "被修改"
         return [Alert(
             rule=self.rule, severity=sev, site=site, instrument=inst,
-            start=c.time - w, end=c.time + w,
+            start=used[0], end=used[1],
             summary_en=(f"Calibration register {reg} changed{chg} and readings stepped within "
-                        f"{w / 60:.0f} min: {desc} (threshold {100 * self.p['step_frac']:.0f} %)"
+                        f"{span_min:.0f} min: {desc} (threshold {100 * self.p['step_frac']:.0f} %)"
                         ": calibration used to rescale the data?"),
-            summary_zh=(f"校准参数{reg}{chg_zh}后{w / 60:.0f}分钟内读数突变：{desc}"
+            summary_zh=(f"校准参数{reg}{chg_zh}后{span_min:.0f}分钟内读数突变：{desc}"
                         f"（阈值{100 * self.p['step_frac']:.0f}%）："
                         "疑似借校准之名篡改量程/零点系数，人为压低或改变监测数据。"),
             evidence=ev, key=f"E8|{site}|{inst}",

@@ -34,11 +34,19 @@ def test_span_cut_with_step_down_is_high():
     assert ev["origins"][0]["last_seq"] == 999
 
 
-def test_routine_calibration_is_quiet_and_coincident_step_is_low():
+def test_routine_calibration_is_quiet_even_with_a_coincident_step():
     recs = list(series(readings(), 120, step=60.0)) + [cal(T0 + 3600, 1.0, 1.01)]
     assert only(run(site(), recs, ["E8"]), "E8") == []
     recs = list(series(readings(60, 1.5), 120, step=60.0)) + [cal(T0 + 59.5 * 60, 1.0, 1.01)]
-    assert [a.severity for a in only(run(site(), recs, ["E8"]), "E8")] == ["low"]
+    assert only(run(site(), recs, ["E8"]), "E8") == []
+
+
+def test_step_after_a_change_without_detail_is_judged_on_direction():
+    ev = SiteEvent(T0 + 59.5 * 60, "S1", "i1", "calibration_change", {"signal": "so2_mgm3"})
+    recs = list(series(readings(60, 1.5), 120, step=60.0)) + [ev]
+    [a] = only(run(site(), recs, ["E8"]), "E8")
+    assert a.severity == "medium" and a.evidence["register_implied_change_pct"] is None
+    assert a.evidence["steps"]["so2_mgm3"]["change_pct"] > 45
 
 
 def test_register_read_as_a_sample_value_counts_as_a_change():
