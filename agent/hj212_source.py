@@ -10,12 +10,12 @@ each poll, like any instrument (agent/instruments.py protocol).
 
 Answers (9014 / 9013) tell the logger it may forget the data, so they go out only after
 the readings are **sealed into the outbox**: the runtime binds its sealer to this source
-(:meth:`HJ212Source.bind_sealer`), each poll hands the buffered readings over, and right
-after the runtime has added them the source seals the pending batch and releases the
-answers. A frame not sealed within ``ack_timeout_s`` (outbox not writable) is not answered,
-so the logger resends it; repeats (same MN, CN, QN, PNO) are recognised and not sealed
-twice. Without a bound sealer (another runtime) the answer goes out once the readings
-were handed to the runtime.
+(:meth:`HJ212Source.bind_sealer`), each poll hands the buffered readings over, and the
+next poll (by then the runtime has added them) seals the pending batch and releases the
+answers, so a frame is answered within about one poll interval. A frame not sealed within
+``ack_timeout_s`` (outbox not writable) is not answered, so the logger resends it; repeats
+(same MN, CN, QN, PNO) are recognised and not sealed twice. Without a bound sealer
+(another runtime) the answer goes out once the readings were handed to the runtime.
 
 Every received frame is also sealed as an ``hj212_frame`` event holding its header and
 raw text (items that could not become readings are listed there with the reason), and
@@ -94,8 +94,6 @@ class _Batch:
     events: list[Event]
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ok: bool = False
-    #: sealer.frames when handed over (sealed once a later flush succeeded)
-    mark: int = -1
     #: answer after storing (False: a foreign MN, recorded but refused)
     answer: bool = True
 
@@ -107,7 +105,7 @@ class HJ212Source:
                  port: int | None = 0, mn: tuple[str, ...] | list[str] = (),
                  sm4_key: KeySource = None, serial_line: Hj212Serial | None = None,
                  poll_interval_s: float = 0.5, ack_timeout_s: float = 10.0,
-                 flush_on_frame: bool = True, dedup_size: int = 4096) -> None:
+                 dedup_size: int = 4096) -> None:
         self.id = instrument
         #: the runtime reads ``config.poll_interval_s`` (and nothing else)
         self.config: Any = SimpleNamespace(poll_interval_s=poll_interval_s, id=instrument)
@@ -117,13 +115,13 @@ class HJ212Source:
         self.sm4_key = sm4_key
         self.serial_line = serial_line
         self.ack_timeout_s = ack_timeout_s
-        self.flush_on_frame = flush_on_frame
         self.dedup_size = dedup_size
         self._listener: HJ212Listener | None = None
         self._serial: _SerialLink | None = None
         self._sealer: SealerView | None = None
         self._queue: list[_Batch] = []
-        self._unsealed: list[_Batch] = []
+        #: handed to the runtime at a poll, answer pending until sealed
+        self._handed: list[_Batch] = []
         self._seen: OrderedDict[tuple[str, str, str, int], _Batch] = OrderedDict()
         self._reassembler = Reassembler()
         self._revisions = RevisionTracker()
@@ -205,7 +203,7 @@ class HJ212Source:
                                         {"error": err}))
                 self._start_error = err
                 self._retry_at = time.monotonic() + 5.0
-        self._recheck()
+        self._settle()
         batches, self._queue = self._queue, []
         readings: list[Reading] = []
         for b in batches:
@@ -216,35 +214,26 @@ class HJ212Source:
                 for b in batches:
                     self._release(b, True)
             else:
-                mark = self._sealer.frames
-                for b in batches:
-                    b.mark = mark
-                # Runs right after the runtime has added this poll's items to the sealer
-                # (the poll task does that synchronously before it next yields).
-                asyncio.get_running_loop().call_soon(self._after_add, batches)
+                self._handed += batches
         return readings, events
 
-    def _after_add(self, batches: list[_Batch]) -> None:
-        sealer = self._sealer
-        assert sealer is not None
-        if self.flush_on_frame and sealer.pending:
-            sealer.flush()
-        if sealer.storage_error is None and sealer.frames > batches[0].mark:
-            for b in batches:
-                self._release(b, True)
-        else:
-            self._unsealed += batches
+    def _settle(self) -> None:
+        """Release the answers of frames handed over at earlier polls, once sealed.
 
-    def _recheck(self) -> None:
-        """Batches whose sealing failed: released once a later flush succeeded."""
-        if not self._unsealed or self._sealer is None:
-            return
+        The poll task adds what a poll returned to the sealer before it polls again, so
+        those items are in the sealer now: one flush seals them (with whatever else is
+        pending) and, if the outbox took it, the logger may be answered. A failed flush
+        keeps them waiting; a later poll's successful flush seals everything added before.
+        """
         s = self._sealer
+        if not self._handed or s is None or s.storage_error is not None:
+            return  # while the outbox fails, the seal loop retries (with its back-off)
+        if s.pending:
+            s.flush()
         if s.storage_error is None:
-            for b in self._unsealed:
-                if s.frames > b.mark:
-                    self._release(b, True)
-            self._unsealed = [b for b in self._unsealed if not b.ok]
+            for b in self._handed:
+                self._release(b, True)
+            self._handed = []
 
     @staticmethod
     def _release(b: _Batch, ok: bool) -> None:
@@ -254,18 +243,19 @@ class HJ212Source:
     async def close(self) -> None:
         self._closed = True
         sealer = self._sealer
-        if sealer is not None and (self._queue or self._unsealed):
+        if sealer is not None and self._queue:
             # Shutdown: what was received but not yet handed over is sealed here (the
             # runtime closes instruments before its last flush), so it can be answered.
+            # Frames handed over at the last poll stay unanswered unless already settled:
+            # whether the cancelled poll task added them is not known, and a logger that
+            # resends is better than data answered but never sealed.
             batches, self._queue = self._queue, []
             for b in batches:
                 sealer.add(b.readings, b.events)
-            mark = sealer.frames
             sealer.flush()
-            if sealer.storage_error is None and sealer.frames > mark:
-                for b in [*batches, *self._unsealed]:
+            if sealer.storage_error is None:
+                for b in batches:
                     self._release(b, True)
-                self._unsealed = []
             await asyncio.sleep(0.05)  # let the handlers send their answers
         if self._listener is not None:
             await self._listener.stop(timeout=1.0)
