@@ -104,21 +104,49 @@ def verification(frames: Path, registry: Path) -> dict[str, Any]:
     }
 
 
-def planted_vs_found(planted: list[dict[str, Any]], alerts: list[dict[str, Any]]
-                     ) -> list[dict[str, Any]]:
-    """For each planted pattern of a finished test: the alerts of that rule naming the
-    test, or failing that any alert of that rule at the site (lane-wide findings)."""
+def _matches(rule: str, p: dict[str, Any], alerts: list[dict[str, Any]]
+             ) -> tuple[list[str], str]:
+    same_rule = [a for a in alerts if a.get("rule") == rule and a.get("site") == p["site"]]
+    by_test = [str(a["id"]) for a in same_rule if a.get("test_id") == p.get("test_id")]
+    if by_test:
+        return by_test, "test"
+    return [str(a["id"]) for a in same_rule], "site" if same_rule else ""
+
+
+def planted_vs_found(planted: list[dict[str, Any]], live: list[dict[str, Any]],
+                     offline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each planted pattern: the alerts of that rule naming the test, or failing that
+    any alert of that rule at the site (lane-wide findings); live and reproduced offline."""
     out = []
     for p in planted:
-        for rule in p.get("patterns") or {}:
-            same_rule = [a for a in alerts if a.get("rule") == rule
-                         and a.get("site") == p["site"]]
-            by_test = [a["id"] for a in same_rule if a.get("test_id") == p.get("test_id")]
+        for rule, variant in (p.get("patterns") or {}).items():
+            ids, how = _matches(rule, p, live)
+            off_ids, off_how = _matches(rule, p, offline)
             out.append({"site": p["site"], "lane": p.get("lane"), "test_id": p.get("test_id"),
                         "vehicle": p.get("vehicle"), "method": p.get("method"), "rule": rule,
-                        "variant": p["patterns"][rule], "finished": p.get("finished", True),
-                        "alerts": by_test or [a["id"] for a in same_rule],
-                        "matched_by": "test" if by_test else ("site" if same_rule else "")})
+                        "variant": variant, "finished": p.get("finished", True),
+                        "alerts": ids, "matched_by": how,
+                        "alerts_offline": off_ids, "matched_by_offline": off_how})
+    return out
+
+
+def unplanted(planted: list[dict[str, Any]], alerts: list[dict[str, Any]], site: str
+              ) -> list[dict[str, Any]]:
+    """Vehicle alerts on a test that did not carry that rule: false alarms to look at."""
+    carried = {(p.get("test_id"), r) for p in planted for r in p.get("patterns") or {}}
+    lane_wide = {(p.get("lane"), r) for p in planted for r in p.get("patterns") or {}
+                 if r in ("V9",)}
+    out = []
+    for a in alerts:
+        tid = a.get("test_id")
+        if a.get("site") != site or not str(a.get("rule", "")).startswith("V"):
+            continue
+        if (tid, a.get("rule")) in carried:
+            continue
+        lane = (a.get("evidence") or {}).get("lane")
+        if (lane, a.get("rule")) in lane_wide:
+            continue
+        out.append({k: a.get(k) for k in ("id", "rule", "test_id", "summary_en")})
     return out
 
 
@@ -151,12 +179,21 @@ def print_summary(s: dict[str, Any], out: IO[str]) -> None:
         scope = f" test {it['test_id']}" if it.get("test_id") else ""
         w(f"  [{it['rule']} {it['severity']}] {it['site']}{scope}\n")
         w(f"      {it['summary_en']}\n      {it['summary_zh']}\n")
-    w("\nplanted patterns (ground truth) and what the detectors found:\n")
+    off = s.get("offline") or {}
+    if off:
+        w(f"\nreproduced offline from frames.jsonl ({off.get('command')}): "
+          f"{off.get('alerts_total', 0)} alerts, by rule: "
+          + (", ".join(f"{r} {n}" for r, n in sorted(off.get("by_rule", {}).items()))
+             or "none") + "\n")
+    w("\nplanted patterns (ground truth) and what the detectors found (live / offline):\n")
     for p in s["scenario"]["planted"]:
-        state = "test finished" if p["finished"] else "test cut short when the lanes closed"
-        found = f"alert {', '.join(p['alerts'])}" if p["alerts"] else "no alert"
-        w(f"  {p['rule']:<4} {p['site']} {p.get('test_id') or ''} ({p.get('method') or ''}, "
-          f"{state}): {found}\n")
+        state = "test finished" if p["finished"] else "test cut short"
+        live = ", ".join(p["alerts"]) or "no alert"
+        offl = ", ".join(p["alerts_offline"]) or "no alert"
+        w(f"  {p['rule']:<4} {p.get('test_id') or ''} ({p.get('method') or ''}, {state}): "
+          f"live: {live}; offline: {offl}\n")
+    for u in s["scenario"].get("unplanted_offline", []):
+        w(f"  unplanted: {u['rule']} on {u['test_id']}: {u['summary_en']}\n")
     for p in s["scenario"]["stack_planted"]:
         found = f"alert {', '.join(p['alerts'])}" if p["alerts"] else "no alert"
         w(f"  {p['pattern']:<4} {p['site']} {p['instrument']} from {p['start_rel_s']:.0f} s: "

@@ -10,10 +10,13 @@ Order of events (each step waits until the previous one is really up):
    real ``stationseal agent run``);
 5. the lane and stack drivers start their scenario, and the stack site's (tampering)
    HJ 212 data logger starts reporting to its gateway; the run lasts ``--seconds``;
-6. the lanes close (a test under way is aborted) and the logger stops; then the agents
-   (SIGTERM: they seal and send what they hold); the demo waits, bounded, until
-   InfluxDB holds every recorded reading, then stops ingest, the simulators and the
-   stack, and writes ``OUT/summary.json``.
+6. the lanes start no test they cannot finish by the end; then the logger stops, then
+   the agents (SIGTERM: they seal and send what they hold); the demo waits, bounded,
+   until InfluxDB holds every recorded reading, then stops ingest, the simulators and
+   the stack;
+7. as a third party would, it verifies frames.jsonl, derives the records (with the lane
+   controller's test context) and runs ``stationseal detect`` over them
+   (``OUT/alerts-offline.jsonl``), and writes ``OUT/summary.json``.
 
 Ctrl-C or an error at any step runs the same teardown, so nothing is left running.
 """
@@ -34,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from demo import plan
+from demo.offline import reproduce
 from demo.procs import Child, Children, reap_leftovers
 from demo.recorder import Recorder
 from demo.report import (
@@ -61,8 +65,8 @@ from stationseal.keys import KeyRegistry, generate_keypair
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "firmware-config" / "instruments"
 #: Files and directories the demo owns inside OUT (removed at the start of a run).
-OWNED = ("frames.jsonl", "alerts.jsonl", "summary.json", "registry.json", "scenario.json",
-         ".stack", "keys", "config", "state", "logs", "run")
+OWNED = ("frames.jsonl", "alerts.jsonl", "summary.json", "registry.json", "records.jsonl",
+         "alerts-offline.jsonl", ".stack", "keys", "config", "state", "logs", "run")
 
 
 def log(msg: str) -> None:
@@ -115,6 +119,7 @@ class Demo:
         self.stored: dict[str, int] = {}
         self.quarantine: dict[str, int] | None = None
         self.interrupted = False
+        self.offline: dict[str, Any] | None = None
         self.hj212_port = 0
         self.logger: LoggerRun | None = None
         self.logger_labels: list[dict[str, Any]] = []
@@ -244,7 +249,8 @@ class Demo:
         """Start the scenario clocks now that the gateways are polling."""
         self.t_go = time.time()
         for ln, cfg in scenario.lanes.items():
-            self.lanes[ln] = lane_sim.LaneDriver(cfg, self.t_go)
+            self.lanes[ln] = lane_sim.LaneDriver(cfg, self.t_go,
+                                                 close_at=self.t_go + self.seconds)
         self.stacks[plan.CEMS_INSTRUMENT] = stack_site.StackSiteDriver(
             plan.CEMS, self.t_go, seconds_per_hour=self.seconds_per_hour,
             instrument=plan.CEMS_INSTRUMENT, injections=scenario.stack)
@@ -280,8 +286,8 @@ class Demo:
                     self.problems.append(f"agent {gw} died during the run: " +
                                          child.tail(8).replace("\n", " | "))
         self.t_stop = time.time()
-        # Close the lanes (a test under way is aborted, as a lane closing for the day
-        # does) and give the gateways a moment to read that before they stop.
+        # The lanes started no test they could not finish (close_at); stop them for good
+        # and give the gateways a moment to read the last state before they stop.
         for driver in self.lanes.values():
             driver.stop(self.t_stop)
         time.sleep(3.0)
@@ -393,6 +399,16 @@ class Demo:
             finally:
                 for s, h in previous.items():
                     signal.signal(s, h)
+        if not self.interrupted and self.p("frames.jsonl").exists():
+            log("reproducing the alerts offline from frames.jsonl (stationseal detect) ...")
+            try:
+                self.offline = reproduce(self.out, self.p("config", "SITES.yaml"),
+                                         self.p("config", "PARAMS.yaml"))
+                if self.offline["exit_status"] != 0:
+                    self.problems.append("stationseal detect failed: "
+                                         + self.offline["stderr"].replace("\n", " | "))
+            except (OSError, ValueError) as e:
+                self.problems.append(f"offline reproduction failed: {e}")
         summary = self.summary(scenario)
         write_summary(self.p("summary.json"), summary)
         print_summary(summary, sys.stdout)

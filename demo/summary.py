@@ -7,7 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from demo import plan
-from demo.report import count_frames, load_alerts, planted_vs_found, verification
+from demo.report import count_frames, load_alerts, planted_vs_found, unplanted, verification
 from stationseal.records import to_rfc3339
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ def build(demo: Demo, scenario: plan.Scenario) -> dict[str, Any]:
             "alerts_by_rule": dict(Counter(str(a.get("rule")) for a in alerts
                                            if a.get("site") == site)),
         }
-    planted = planted_vs_found(_planted_lanes(demo), alerts)
+    offline_alerts = load_alerts(demo.p("alerts-offline.jsonl"))
+    lane_truth = _planted_lanes(demo)
+    planted = planted_vs_found(lane_truth, alerts, offline_alerts)
     stack_planted = []
     for d in demo.stacks.values():
         if not demo.t_go:
@@ -115,9 +117,14 @@ def build(demo: Demo, scenario: plan.Scenario) -> dict[str, Any]:
                                               "test_id", "start", "end", "summary_en",
                                               "summary_zh")} for a in alerts],
         },
+        "offline": None if demo.offline is None else {
+            **demo.offline, "alerts_total": len(offline_alerts),
+            "by_rule": dict(Counter(str(a.get("rule")) for a in offline_alerts))},
         "scenario": {"vehicle": scenario.vehicle_text, "stack": scenario.stack_text,
                      "seconds_per_simulated_hour": demo.seconds_per_hour,
-                     "planted": planted, "stack_planted": stack_planted},
+                     "planted": planted, "stack_planted": stack_planted,
+                     "unplanted_live": unplanted(lane_truth, alerts, plan.STATION),
+                     "unplanted_offline": unplanted(lane_truth, offline_alerts, plan.STATION)},
         "left_out": LEFT_OUT,
         "notes": notes,
         "problems": demo.problems,

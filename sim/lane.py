@@ -67,8 +67,8 @@ ValuesFn = Callable[[float], dict[str, Any]]
 #: After a test the car stays on the rollers and the probe in the tailpipe until the
 #: operator has seen the verdict: instruments hold the last state for ``_HOLD_S``, then
 #: the analyzer clears with room air and the rollers coast to a stop.
-TAIL_S = 8.0
-_HOLD_S = 5.0
+TAIL_S = 10.0
+_HOLD_S = 7.0
 #: The lane has one tachometer and one oil temperature probe, wired to whichever exhaust
 #: instrument the method uses; the other one shows the same inputs.
 _SHARED_INPUTS = ("rpm", "oil_temp_c")
@@ -283,8 +283,11 @@ class _Weather:
 class LaneDriver:
     """Plays a lane's test sequence on the wall clock; thread-safe value hooks per role."""
 
-    def __init__(self, cfg: LaneConfig, start: float) -> None:
+    def __init__(self, cfg: LaneConfig, start: float, close_at: float | None = None) -> None:
+        """``close_at``: the lane starts no test it could not finish by then (a station
+        closing for the day), so a run ends without a test cut short."""
         self.cfg = cfg
+        self.close_at = math.inf if close_at is None else close_at
         self.start = float(math.floor(start))
         self._rng = random.Random(cfg.seed)
         self._weather = _Weather(cfg.seed ^ 0x5EA7)
@@ -374,6 +377,9 @@ class LaneDriver:
     def _ensure(self, t: float) -> None:
         while self._next_start <= t and self._next_start < self._stopped:
             test = self._build(self._next_number, self._next_start)
+            if test.end > self.close_at:
+                self._next_start = math.inf
+                break
             self._tests.append(test)
             self._starts.append(test.start)
             self._next_number += 1

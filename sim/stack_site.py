@@ -26,10 +26,12 @@ honest or tampering (``demo_tamper``: SO2 x 0.53, pattern E3).
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,8 @@ from sim.cems import CEMS_LIMITS, StackModel, cems_series
 from sim.envcommon import Record
 from stationseal.records import Sample, SiteEvent
 
+#: Model samples kept to answer callers a little behind the newest one.
+_HISTORY = 4096
 #: Patterns that can be played live (see the module docstring).
 LIVE_PATTERNS: tuple[str, ...] = ("E4", "E5", "E8")
 #: Status coil bits of the stack_cems profile, per quality flag.
@@ -135,7 +139,8 @@ class StackSiteDriver:
                                         rng=random.Random(seed * 31 + len(inj.text())),
                                         limits=dict(CEMS_LIMITS), **dict(inj.params))
         self._stream = stream
-        self._current: Sample | None = None
+        self._history: deque[Sample] = deque(maxlen=_HISTORY)
+        self._times: deque[float] = deque(maxlen=_HISTORY)
         self._next: Record | None = None
         self.registers: dict[str, float] = dict(REGISTERS)
         #: calibration changes the model or a pattern made: (simulated time, detail)
@@ -145,11 +150,13 @@ class StackSiteDriver:
         return self.sim_start + (t - self.start) * self.speed
 
     def sample_at(self, t: float) -> Sample:
-        """The model's latest sample at wall time ``t`` (time only moves forward)."""
+        """The model's latest sample at wall time ``t``. Callers on their own clocks (the
+        cabinet answering polls, a data logger ticking every few seconds) may ask for
+        slightly different times: the recent past is answered from history, so each gets
+        the value of *its* instant, as real instruments sampling one process would."""
         with self._lock:
             target = self.sim_time(t)
-            while self._current is None or (self._peek() is not None
-                                            and self._peek_time() <= target):
+            while self._peek() is not None and self._peek_time() <= target:
                 rec = self._pop()
                 if isinstance(rec, SiteEvent):
                     if rec.event == "calibration_change":
@@ -158,8 +165,16 @@ class StackSiteDriver:
                             self.registers[reg] = float(rec.detail["new"])
                             self.calibrations.append((rec.time, dict(rec.detail)))
                 elif isinstance(rec, Sample):
-                    self._current = rec
-            return self._current
+                    self._history.append(rec)
+                    self._times.append(rec.time)
+            if not self._history:  # before the first sample: the first one
+                rec = self._pop()
+                while not isinstance(rec, Sample):
+                    rec = self._pop()
+                self._history.append(rec)
+                self._times.append(rec.time)
+            i = bisect.bisect_right(self._times, target) - 1
+            return self._history[max(i, 0)]
 
     def values(self, t: float) -> dict[str, Any]:
         """What the CEMS cabinet shows at wall time ``t``: concentrations, registers, and

@@ -121,7 +121,7 @@ def test_lane_controller_face_follows_the_tests() -> None:
 
 
 def test_instruments_show_the_test_and_rest_between_tests() -> None:
-    d = driver()
+    d = driver(gap_s=(20.0, 20.0))
     first = d.tests(T0 + 10)[0]
     fast = [k for k, p in enumerate(first.phases) if p == "fast"]
     a = d.values("analyzer", first.start + fast[-1] + 0.3)
@@ -135,8 +135,8 @@ def test_instruments_show_the_test_and_rest_between_tests() -> None:
     last_speed = first.rows["dyno"][-1]
     assert last_speed is not None
     assert d.values("dyno", first.end + 1.5)["speed_kmh"] == last_speed["speed_kmh"]
-    assert 0 < d.values("dyno", first.end + 6.5)["speed_kmh"] < last_speed["speed_kmh"]
-    gap = first.end + 9.5
+    assert 0 < d.values("dyno", first.end + 8.5)["speed_kmh"] < last_speed["speed_kmh"]
+    gap = first.end + 12.5
     assert d.values("analyzer", gap)["co2_pct"] < 0.2
     assert d.values("dyno", gap)["speed_kmh"] == 0.0
     assert d.values("obd", gap)["status"] == 1  # no vehicle on the OBD adapter
@@ -163,6 +163,14 @@ def test_stop_aborts_the_test_under_way_and_starts_no_other() -> None:
     assert v["lane_test_state"] == lc.STATE_ABORTED and v["lane_result"] == 0
     assert len(d.tests(T0 + 900)) == 1
     assert d.values("analyzer", first.start + 14)["co2_pct"] < 0.2  # no tail after abort
+
+
+def test_a_closing_lane_starts_only_tests_it_can_finish() -> None:
+    open_lane = driver().tests(T0 + 400)
+    closing = LaneDriver(driver().cfg, T0, close_at=open_lane[2].end - 1)
+    got = closing.tests(T0 + 400)
+    assert [t.test_id for t in got] == [t.test_id for t in open_lane[:2]]
+    assert closing.values("lane", T0 + 399)["lane_test_state"] == lc.STATE_FINISHED
 
 
 def test_probe_out_dilutes_only_the_injected_test() -> None:

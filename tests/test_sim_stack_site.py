@@ -57,6 +57,8 @@ def test_clock_is_compressed_and_values_follow_the_model() -> None:
     assert {k: seen[0][k] for k in REGISTERS} == REGISTERS
     fresh = StackSiteDriver("S", T0, seconds_per_hour=30.0)
     assert d.sim_time(T0 + 10) - 60 < fresh.sample_at(T0 + 10).time <= d.sim_time(T0 + 10)
+    # a caller a little behind (a data logger on its own clock) gets its instant's value
+    assert d.sample_at(T0 + 10) == fresh.sample_at(T0 + 10)
 
 
 def test_flat_line_and_calibration_step() -> None:
