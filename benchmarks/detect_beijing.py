@@ -70,25 +70,30 @@ def beijing_sites() -> dict[str, SiteInfo]:
                         [o for o in STATIONS if o != s]) for s, (lat, lon) in STATIONS.items()}
 
 
-def load(data: Path, quick: bool) -> list[Sample]:
-    """All stations' samples, time-ordered; CO converted from µg/m³ to mg/m³."""
+def load_station(data: Path, station: str, end: float = float("inf")) -> list[Sample]:
+    """One station's samples before ``end``; CO converted from µg/m³ to mg/m³."""
     out: list[Sample] = []
+    [path] = data.glob(f"PRSA_Data_{station.capitalize()}_*.csv.gz")
+    with gzip.open(path, "rt", newline="") as f:
+        for row in csv.DictReader(f):
+            t = datetime(int(row["year"]), int(row["month"]), int(row["day"]),
+                         int(row["hour"]), tzinfo=CST).timestamp()
+            if t >= end:
+                break
+            values = {}
+            for col, sig in COLUMNS.items():
+                if row[col] != "NA":
+                    v = float(row[col])
+                    values[sig] = round(v / 1000, 4) if col == "CO" else v
+            out.append(Sample(t, station, "aq", values,
+                              origin=(f"csv-{station}", int(row["No"]))))
+    return out
+
+
+def load(data: Path, quick: bool) -> list[Sample]:
+    """All stations' samples, time-ordered (``quick``: the first year)."""
     end = datetime(2014, 3, 1, tzinfo=CST).timestamp() if quick else float("inf")
-    for station in STATIONS:
-        [path] = data.glob(f"PRSA_Data_{station.capitalize()}_*.csv.gz")
-        with gzip.open(path, "rt", newline="") as f:
-            for row in csv.DictReader(f):
-                t = datetime(int(row["year"]), int(row["month"]), int(row["day"]),
-                             int(row["hour"]), tzinfo=CST).timestamp()
-                if t >= end:
-                    break
-                values = {}
-                for col, sig in COLUMNS.items():
-                    if row[col] != "NA":
-                        v = float(row[col])
-                        values[sig] = round(v / 1000, 4) if col == "CO" else v
-                out.append(Sample(t, station, "aq", values,
-                                  origin=(f"csv-{station}", int(row["No"]))))
+    out = [s for station in STATIONS for s in load_station(data, station, end)]
     out.sort(key=lambda s: s.time)
     return out
 

@@ -58,10 +58,11 @@ class Kind:
     step_s: float
     target: str
     #: (label, rule, hours range, extra inject arguments)
-    patterns: tuple[tuple[str, str, tuple[float, float], dict[str, Any]], ...]
+    patterns: tuple[Pattern, ...]
 
 
-COMMON = (
+Pattern = tuple[str, str, tuple[float, float], dict[str, Any]]
+COMMON: tuple[Pattern, ...] = (
     ("E3", "E3", (24, 48), {}),
     ("E4 flat", "E4", (6, 24), {"mode": "flat"}),
     ("E4 repeat", "E4", (24, 48), {"mode": "repeat"}),
@@ -87,6 +88,18 @@ class Tally:
     tp: int = 0
     false: int = 0
     cross: int = 0
+    #: The same counts for alerts of severity medium or high only.
+    tp_mh: int = 0
+    false_mh: int = 0
+
+    def count(self, what: str, severity: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+        if severity != "low" and what in ("tp", "false"):
+            setattr(self, what + "_mh", getattr(self, what + "_mh") + 1)
+
+
+def ratio(a: int, b: int) -> str:
+    return f"{a / b:.2f}" if b else "-"
 
 
 def run_scenario(kind: Kind, days: int, seed: int, pattern: tuple[Any, ...] | None
@@ -140,26 +153,30 @@ def main() -> int:
         args.per_rule, args.clean = 3, 3
     t_sim_total = t_det_total = 0.0
     seed = args.seed * 100_000
+    print("recall: share of labelled scenarios found (any severity / high); precision: "
+          "TP / (TP + false), all severities and medium+; strict: cross-detections counted "
+          "as false. TP/false/cross count merged alerts of the pattern's rule, over all "
+          "scenarios of the site kind.")
     print(f"{'kind':<14}{'pattern':<11}{'n':>4}{'recall':>8}{'high':>6}{'TP':>5}{'false':>6}"
-          f"{'cross':>6}{'precision':>10}{'strict':>8}")
+          f"{'cross':>6}{'prec':>6}{'prec m+':>8}{'strict':>8}")
     clean_rows = []
     for kind in KINDS:
         tallies: dict[str, Tally] = defaultdict(Tally)
         by_label: dict[str, Tally] = defaultdict(Tally)
         n_sites = len(kind.sites())
         clean_alerts: Counter[tuple[str, str]] = Counter()
-        for i in range(args.clean):
+        for _ in range(args.clean):
             seed += 1
             alerts, _, ts, td = run_scenario(kind, args.days, seed, None)
             t_sim_total += ts
             t_det_total += td
             for a in alerts:
-                tallies[a.rule].false += 1
+                tallies[a.rule].count("false", a.severity)
                 clean_alerts[(a.rule, a.severity)] += 1
         clean_rows.append((kind.name, args.clean * args.days * n_sites, clean_alerts))
         for pattern in kind.patterns:
             label_name, rule = pattern[0], pattern[1]
-            for i in range(args.per_rule):
+            for _ in range(args.per_rule):
                 seed += 1
                 alerts, label, ts, td = run_scenario(kind, args.days, seed, pattern)
                 t_sim_total += ts
@@ -173,25 +190,24 @@ def main() -> int:
                     inside = a.site == label["site"] and a.start < label["end"] \
                         and a.end > label["start"]
                     if a.rule == rule and inside:
-                        tallies[rule].tp += 1
+                        tallies[rule].count("tp", a.severity)
                         lt.tp += 1
                         hit = True
                         hit_high = hit_high or a.severity == "high"
                     elif inside:
-                        tallies[a.rule].cross += 1
+                        tallies[a.rule].count("cross", a.severity)
                     else:
-                        tallies[a.rule].false += 1
+                        tallies[a.rule].count("false", a.severity)
                 lt.detected += hit
                 lt.detected_high += hit_high
         for pattern in kind.patterns:
             label_name, rule = pattern[0], pattern[1]
             lt, rt = by_label[label_name], tallies[rule]
-            prec = rt.tp / (rt.tp + rt.false) if rt.tp + rt.false else float("nan")
-            strict = rt.tp / (rt.tp + rt.false + rt.cross) if rt.tp + rt.false + rt.cross \
-                else float("nan")
             print(f"{kind.name:<14}{label_name:<11}{lt.scenarios:>4}"
                   f"{lt.detected / lt.scenarios:>8.2f}{lt.detected_high / lt.scenarios:>6.2f}"
-                  f"{lt.tp:>5}{rt.false:>6}{rt.cross:>6}{prec:>10.2f}{strict:>8.2f}")
+                  f"{lt.tp:>5}{rt.false:>6}{rt.cross:>6}{ratio(rt.tp, rt.tp + rt.false):>6}"
+                  f"{ratio(rt.tp_mh, rt.tp_mh + rt.false_mh):>8}"
+                  f"{ratio(rt.tp, rt.tp + rt.false + rt.cross):>8}")
         others = {r: t for r, t in tallies.items()
                   if r not in {p[1] for p in kind.patterns} and (t.false or t.cross)}
         for r, t in sorted(others.items()):

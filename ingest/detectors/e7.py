@@ -101,14 +101,13 @@ class LowVariabilityDetector(Detector):
             d = self._days.get(key)
             if d is None or d.start != day:
                 if d is not None:
-                    out += self._close_day(key, d, day)
+                    out += self._close_day(key, d)
                 d = self._days[key] = _Day(day)
             d.values.append(v)
             d.origins.merge(h.origins)
         return out
 
-    def _close_day(self, key: tuple[str, str, str], d: _Day, next_day: float | None
-                   ) -> list[Alert]:
+    def _close_day(self, key: tuple[str, str, str], d: _Day) -> list[Alert]:
         p = self.p
         out: list[Alert] = []
         run = self._runs.get(key)
@@ -119,6 +118,9 @@ class LowVariabilityDetector(Detector):
             q = self._quantum.get(key)
             if q is None:
                 q = self._quantum[key] = Quantum()
+            if not q.step:
+                for x in xs:  # learn the reporting step from hourly values, not the mean
+                    q.steps(x)
             if mean > 0 and q.steps(mean) > p["min_mean_steps"]:
                 cv = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) / mean
         hist = self._hist.get(key)
@@ -194,7 +196,7 @@ class LowVariabilityDetector(Detector):
     def finish(self) -> list[Alert]:
         out: list[Alert] = []
         for key, d in list(self._days.items()):
-            out += self._close_day(key, d, None)
+            out += self._close_day(key, d)
         self._days.clear()
         for key in list(self._runs):
             out += self._end_run(key)
