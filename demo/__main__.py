@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from demo.run import Demo, _stop_signal
 
-    signal.signal(signal.SIGTERM, _stop_signal)
+    # Ctrl-C and SIGTERM both run the teardown (set explicitly: a shell may have started
+    # us with SIGINT ignored, e.g. as a background job)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_signal)
     try:
         demo = Demo(args.seconds, args.out, args.scenario, args.stack_scenario,
                     args.seconds_per_hour)

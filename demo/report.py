@@ -160,7 +160,8 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 def print_summary(s: dict[str, Any], out: IO[str]) -> None:
     w = out.write
     w("\n=== StationSeal demo station: summary ===\n")
-    w(f"run: {s['seconds']:.0f} s of lane and stack operation, output in {s['out']}\n")
+    w(f"run: {s['seconds']:.0f} s of lane and stack operation, output in {s['out']}"
+      + (" (INTERRUPTED: figures are partial)" if s.get("interrupted") else "") + "\n")
     w(f"readings signed (frames.jsonl): {s['readings_signed']}   "
       f"stored (InfluxDB): {s['readings_stored']}   "
       f"frames: {s['frames_signed']}   rejected frames (quarantine): {s['frames_rejected']}\n")

@@ -351,6 +351,8 @@ class Demo:
             self.sims.close()
             self.sims = None
         if self.info is not None:
+            if not self.stored:  # interrupted: still say what reached the database
+                self.stored = self._final_counts({})
             try:
                 stack.down(self.info.dir)
             except stack.StackError as e:
