@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from sim.cems import CEMS_LIMITS
-from sim.lane import TAIL_S, Injection, LaneConfig, parse_scenario
+from sim.lane import PRESETS, TAIL_S, Injection, LaneConfig, parse_scenario
 from sim.stack_site import StackInjection, parse_stack_scenario
 from stationseal.stack import StackInfo
 
@@ -48,8 +48,7 @@ LANE_SEEDS = {"L1": 11, "L2": 23}
 #: Default vehicle scenario: dyno power inconsistent and default weather on lane 1 from
 #: its first test, probe out on its second; analyzer scaled down and a fabricated OBD
 #: stream on lane 2; a substitute car replayed under two plates on lane 2's VMAS tests.
-VEHICLE_SCENARIO = ("V8@L1:1/variant=power, V9@L1:1-/variant=default, "
-                    "V1@L1:2/variant=probe_out, V5@L2:1, V3@L2:2, V6@L2:4-5/variant=car")
+VEHICLE_SCENARIO = PRESETS["demo"]
 
 SITE_LOCATIONS = {STATION: (23.02, 113.12), CEMS: (32.01, 120.86)}
 

@@ -16,9 +16,11 @@ Scenario injection (``Injection``, text form in :func:`parse_scenario`) plants t
 signatures of the falsification patterns V1..V10 into chosen tests. Patterns that concern
 what the *instruments* show are reproduced as such: V9 makes the weather station itself
 report constant values (a box that replaced it), V6 replays one car's run under other
-plates. Two cannot be reproduced through instruments and are refused: V7 "gap" (lane
-software deleting seconds from its upload; the instruments never skip seconds) — V7
-"short" (the lane ending a phase early) is supported.
+plates. V7 "gap" (lane software deleting seconds from its upload) cannot be shown by
+instruments, which never skip seconds, and is refused; V7 "short" (the lane ending a
+phase early) is supported. V2 "rpm" (tachometer fed from the OBD value) is played, but
+the five-gas analyzer's rpm register holds whole rpm while OBD rpm has 0.25 rpm steps,
+so the two are equal only to the analyzer's resolution.
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ DEFAULT_METHODS: tuple[str, ...] = ("asm5025", "idle", "free_accel", "asm2540", 
 #: Ready-made scenarios for ``--scenario NAME``.
 PRESETS: dict[str, str] = {
     "none": "",
-    # Two lanes, patterns whose tests end within the first minutes of a run.
-    "demo": "V8@L1:1/variant=power, V1@L1:2/variant=probe_out, V9@L1:1-/variant=default, "
-            "V6@L2:1-3/variant=car",
+    # The demo station's (demo/plan.py): two lanes, most patterns on tests that end
+    # within the first two minutes; the substitute car on lane 2's VMAS tests later on.
+    "demo": "V8@L1:1/variant=power, V9@L1:1-/variant=default, V1@L1:2/variant=probe_out, "
+            "V5@L2:1, V3@L2:2, V6@L2:4-5/variant=car",
 }
 
 ValuesFn = Callable[[float], dict[str, Any]]
