@@ -309,23 +309,34 @@ class Agent:
         assert self.sealer is not None
         loop = asyncio.get_running_loop()
         interval = inst.config.poll_interval_s
+        # Readers time out each request themselves; this only catches a poll that never
+        # returns (a reader bug), which would otherwise silence the instrument unseen.
+        hang_s = max(60.0, 10 * interval)
         st = self.health[inst.id]
         add = self.sealer.add
         last_error: str | None = None
         next_t = loop.time()
         while True:
             try:
-                readings, events = await inst.poll()
-                last_error = None
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the task's
+                # own cancellation when the poll completes at the same moment.
+                async with asyncio.timeout(hang_s):
+                    readings, events = await inst.poll()
+                if last_error is not None:
+                    events.append(Event(inst.id, "instrument_recovered", time.time(),
+                                        {"last_error": last_error}))
+                    last_error = None
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the protocol says poll never raises; a bug must not
-                err = f"{type(e).__name__}: {e}"  # stop this instrument, let alone others
+                err = (f"poll did not return within {hang_s:g} s"  # stop this instrument,
+                       if isinstance(e, TimeoutError)              # let alone the others
+                       else f"{type(e).__name__}: {e}")
                 readings = []
                 events = [] if err == last_error else [
                     Event(inst.id, "instrument_fault", time.time(), {"error": err})]
                 if err != last_error:
-                    log.error("instrument %s: poll raised %s", inst.id, err)
+                    log.error("instrument %s: %s", inst.id, err)
                 last_error = err
             st.observe(time.time(), readings, events)
             if readings or events:
@@ -334,8 +345,9 @@ class Agent:
             now = loop.time()
             if next_t < now:
                 st.overruns += 1
-                next_t = now if now - next_t > interval else next_t + interval
-            await asyncio.sleep(next_t - now)
+                if now - next_t > interval:
+                    next_t = now  # skip missed slots instead of polling in a burst
+            await asyncio.sleep(max(0.0, next_t - now))
 
     async def _seal_loop(self) -> None:
         sealer, outbox, disp = self.sealer, self.outbox, self.dispatcher

@@ -45,6 +45,9 @@ ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 SIGNALS = ["so2_mgm3", "nox_mgm3", "pm_mgm3", "o2_stack_pct", "flue_temp_c", "flue_kpa",
            "moisture_pct", "co_mgm3", "pm25_ugm3", "pm10_ugm3"]
+#: extra environment for the agent process (experiments: MALLOC_ARENA_MAX=2, ...)
+AGENT_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_AGENT_ENV", "").split()
+                 if "=" in kv)
 N_INST = 8
 RATE_HZ = 10.0
 
@@ -133,7 +136,7 @@ def run_agent(work: Path, info: Any, ports: list[int], profiles_dir: Path, secon
     with open(d / "agent.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "stationseal.cli", "agent", "run",
                                  "--config", str(path), "--log-level", "WARNING"],
-                                cwd=ROOT, stderr=log)
+                                cwd=ROOT, stderr=log, env={**os.environ, **AGENT_ENV})
     status = d / "outbox.status.json"
     try:
         time.sleep(warmup)

@@ -54,6 +54,9 @@ def test_file_output_restart_no_loss_and_verifies(tmp_path: Path) -> None:
     faults = [e for f in frames for e in f.events if e.instrument == "ana-2"
               and e.kind == "instrument_fault"]
     assert faults and "bug in reader" in faults[0].detail["error"]
+    recovered = [e for f in frames for e in f.events if e.instrument == "ana-2"
+                 and e.kind == "instrument_recovered"]
+    assert len(recovered) >= len(faults) - 2  # each fault ends (bar one per run at stop)
     # batching: many readings per frame, not a frame per poll
     assert len(frames) < sum(len(f.readings) for f in frames) / 20
 
