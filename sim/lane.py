@@ -207,6 +207,13 @@ class LaneConfig:
                              f"{', '.join(vres.PHASES)}")
         if not 0 <= self.gap_s[0] <= self.gap_s[1]:
             raise ValueError(f"lane {self.lane}: gap_s {self.gap_s} must be 0 <= low <= high")
+        per_test = [i for i in self.injections if i.rule != "V9"]
+        for a_i, a in enumerate(per_test):
+            for b in per_test[a_i + 1:]:
+                if _overlap(a, b):
+                    raise ValueError(f"lane {self.lane}: {a.text()} and {b.text()} target "
+                                     "the same test; one pattern per test (V9, lane-wide, "
+                                     "combines with any)")
         for inj in self.injections:
             if inj.lane != self.lane:
                 raise ValueError(f"lane {self.lane}: injection {inj.text()} is for lane "
@@ -215,6 +222,15 @@ class LaneConfig:
                 raise ValueError(f"lane {self.lane}: {inj.text()} needs one of the methods "
                                  f"{sorted(vm.APPLICABLE[inj.rule])}, the lane tests "
                                  f"{', '.join(self.methods)}")
+
+
+def _overlap(a: Injection, b: Injection) -> bool:
+    if set(a.tests) & set(b.tests):
+        return True
+    if a.open_from is not None and b.open_from is not None:
+        return True
+    return any(o is not None and any(n >= o for n in other.tests)
+               for o, other in ((a.open_from, b), (b.open_from, a)))
 
 
 Row = dict[str, float]

@@ -79,6 +79,9 @@ def test_lane_config_refuses_patterns_its_methods_cannot_carry() -> None:
                    injections=(Injection("V1", "L1", (1,)),))
     with pytest.raises(ValueError, match="is for lane L2"):
         LaneConfig("S1", "L1", injections=(Injection("V1", "L2", (1,)),))
+    with pytest.raises(ValueError, match="target the same test"):
+        LaneConfig("S1", "L1", injections=tuple(parse_scenario("V1@L1:3, V8@L1:2-")))
+    LaneConfig("S1", "L1", injections=tuple(parse_scenario("V1@L1:3, V9@L1:1-, V8@L1:4-")))
 
 
 # --------------------------------------------------------------------------- schedule
