@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.status import status_path_for
 from demo import plan
 from demo.offline import reproduce
 from demo.procs import Child, Children, reap_leftovers
@@ -110,7 +111,6 @@ class Demo:
         self.agents: dict[str, Child] = {}
         self.status_files: dict[str, Path] = {}
         self.problems: list[str] = []
-        self.notes: list[str] = []
         self.lanes: dict[str, lane_sim.LaneDriver] = {}
         self.stacks: dict[str, stack_site.StackSiteDriver] = {}
         self.t_go = 0.0
@@ -161,7 +161,7 @@ class Demo:
         reg.save(self.p("registry.json"))
         return keys
 
-    def start_ingest(self, info: stack.StackInfo, scenario: plan.Scenario) -> None:
+    def start_ingest(self, info: stack.StackInfo) -> None:
         sites = plan.write_yaml(self.p("config", "SITES.yaml"), plan.sites_yaml())
         params = plan.write_yaml(
             self.p("config", "PARAMS.yaml"), plan.detector_params(self.seconds),
@@ -214,8 +214,7 @@ class Demo:
             cfg = plan.write_yaml(self.p("config", f"{name}.yaml"), doc)
             runtime = self.p("config", f"{name}.runtime.yaml")
             sim = self.sims.start_site(cfg, runtime, factory, state, keys[gw])
-            self.status_files[gw] = sim.site.outbox.path.with_name(
-                sim.site.outbox.path.stem + ".status.json")
+            self.status_files[gw] = status_path_for(sim.site.outbox.path)
             self.agents[gw] = self.children.start(
                 f"agent-{name}", [sys.executable, "-m", "stationseal.cli", "agent", "run",
                                   "--config", str(runtime)])
@@ -370,7 +369,7 @@ class Demo:
             keys = self.make_keys()
             self.recorder = Recorder(info, self.p("frames.jsonl"))
             self.recorder.start()
-            self.start_ingest(info, scenario)
+            self.start_ingest(info)
             self.start_sites(info, keys, scenario)
             self.go(scenario)
             self.run_for()
