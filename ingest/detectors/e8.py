@@ -60,7 +60,10 @@ class CalibrationStepDetector(Detector):
     itself are left out). With fewer than `min_samples` on a side — hourly data — the
     windows widen up to `max_window_s`, so that one noisy hour cannot make or hide a
     step. A relative change beyond `step_frac` alerts: real drift corrections move
-    readings by a few percent, a step of a third is a reading being re-scaled.
+    readings by a few percent, a step of a third is a reading being re-scaled. When the
+    event says the span coefficient itself changed by more than `step_frac`, readings
+    moving the same way by at least half that much also alert (the process may have
+    drifted the other way meanwhile).
 
     Every register change is also an integrity event (I-CAL); E8 is about its effect.
     Severity: high when readings stepped down (emissions made to look lower), medium when
@@ -146,6 +149,9 @@ class CalibrationStepDetector(Detector):
             sigs = {k for x in before for k in x.values if not is_parameter(k)}
         steps: dict[str, dict[str, Any]] = {}
         n_min = int(self.p["min_samples"])
+        frac = float(self.p["step_frac"])
+        implied = _implied_change(c.detail)
+        big_register = implied is not None and abs(implied) > frac
         used = [c.time, c.time]
         for sig in sorted(sigs):
             b_all = [(x.time, x.values[sig]) for x in before
@@ -164,7 +170,11 @@ class CalibrationStepDetector(Detector):
             if mb <= 0:
                 continue
             change = (ma - mb) / mb
-            if abs(change) > self.p["step_frac"]:
+            # A register cut of 45 % that moved hourly readings by "only" 28 % (the process
+            # rose meanwhile) is still the register at work: half its effect suffices.
+            follows = big_register and implied is not None and change * implied > 0 \
+                and abs(change) >= abs(implied) / 2
+            if abs(change) > frac or follows:
                 used = [min(used[0], b[0][0]), max(used[1], a[-1][0])]
                 steps[sig] = {"before_mean": num(mb), "after_mean": num(ma),
                               "change_pct": num(100 * change, 3), "before_n": len(b),
@@ -173,7 +183,6 @@ class CalibrationStepDetector(Detector):
             return []
         sev: Severity = "high" if any(v["change_pct"] < 0 for v in steps.values()) \
             else "medium"
-        implied = _implied_change(c.detail)
         if implied is not None:
             for v in steps.values():
                 v["explained_by_register"] = abs(v["change_pct"] - 100 * implied) <= \

@@ -84,3 +84,14 @@ def test_rules_only_see_their_site_kinds():
     eng.finish()
     assert [u.alert.rule for u in eng.alerts()] == ["I-DROP"]
     assert eng.rules == ("E4", "I-DROP")
+
+
+def test_a_service_engine_keeps_only_the_latest_alert_per_key():
+    eng = DetectionEngine(site(kind="air_quality"), E4, rules=["E4"], merge_gap_s=HOUR,
+                          keep_history=False)
+    recs = flat(8) + [Sample(T0 + 8 * HOUR, "S1", "i1", {"pm25_ugm3": 1.0})] \
+        + flat(8, start=T0 + 20 * HOUR, value=44.0)
+    for r in recs:
+        eng.feed(r)
+    eng.finish()
+    assert [u.id for u in eng.alerts()] == ["E4|S1|i1|pm25_ugm3|flat#2"]
