@@ -56,3 +56,14 @@ def test_register_read_as_a_sample_value_counts_as_a_change():
     assert alerts[0].evidence["source"] == "register_sample"
     assert alerts[0].evidence["change"] == {"register": "span_coeff.so2_mgm3", "old": 1.0,
                                             "new": 0.5}
+
+
+def test_big_span_cut_partly_masked_by_the_process_still_alerts():
+    def fn(i: int, t: float) -> dict[str, float]:
+        return {"so2_mgm3": 20.0 if i < 6 else 20.0 * 1.3 * 0.55, "flow_m3h": 9e5}
+
+    recs = list(series(fn, 14, step=HOUR)) + [cal(T0 + 5.5 * HOUR, 1.0, 0.55)]
+    [a] = only(run(site(), recs, ["E8"]), "E8")
+    step = a.evidence["steps"]["so2_mgm3"]
+    assert -30 < step["change_pct"] < -25 and step["before_n"] == 3 and step["after_n"] == 3
+    assert a.severity == "high"
