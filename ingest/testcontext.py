@@ -48,6 +48,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ingest.detectors.segments import lane_of, second_of
 from stationseal import lanecodes as lc
 from stationseal.frame import Frame
 from stationseal.records import Reading, Sample, SiteEvent, TestContext
@@ -65,18 +66,6 @@ _TEXT = {"lane_vehicle": "vehicle", "lane_vin": "vin", "lane_calid": "calid",
 HOLD_S = 3.0
 #: Seconds of controller states kept per lane.
 KEEP_SECONDS = 120
-#: Same second alignment as ingest.detectors.segments (a clock a little ahead).
-ALIGN_S = 0.1
-
-
-def second_of(t: float) -> int:
-    return math.floor(t + ALIGN_S)
-
-
-def lane_of(instrument: str) -> str:
-    """Same convention as ingest.detectors.segments.lane_of for records without context."""
-    head, dot, _ = instrument.rpartition(".")
-    return head if dot else ""
 
 
 @dataclass(slots=True)
