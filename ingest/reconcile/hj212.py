@@ -49,21 +49,29 @@ def _code(kind: str, signal: str) -> str | None:
     return code
 
 
+Raw = tuple[float, dict[str, float], dict[str, str], Origin]
+
+
 @dataclass(slots=True)
 class _Bin:
-    total: float = 0.0
-    n: int = 0
-    flags: dict[str, int] = field(default_factory=dict)
+    """``bin_s`` seconds of one analyzer: per signal [sum of valid, valid count, count]."""
+
+    sums: dict[str, list[float]] = field(default_factory=dict)
+    #: per signal, counts of flags other than N
+    odd: dict[str, dict[str, int]] = field(default_factory=dict)
     origins: Origins = field(default_factory=Origins)
 
 
 @dataclass(slots=True)
-class _Series:
-    """One analyzer signal: recent readings, and binned sums for aggregate windows."""
+class _Analyzer:
+    """One analyzer instrument: its recent samples as received, and binned sums for
+    aggregate windows (one append per sample, whatever the number of signals)."""
 
-    raw: deque[tuple[float, float, str, Origin]] = field(default_factory=deque)
+    raw: deque[Raw] = field(default_factory=deque)
     bins: dict[int, _Bin] = field(default_factory=dict)
     order: deque[int] = field(default_factory=deque)
+    signals: set[str] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -91,7 +99,9 @@ class _Run:
 
 @dataclass(slots=True)
 class _Site:
-    analyzers: dict[tuple[str, str], _Series] = field(default_factory=dict)
+    analyzers: dict[str, _Analyzer] = field(default_factory=dict)
+    #: signal -> analyzer instruments that read it
+    by_signal: dict[str, list[str]] = field(default_factory=dict)
     #: latest analyzer sample time (comparisons wait until the data cover their window)
     watermark: float = -math.inf
     #: per logger instrument (real-time reports must not wait behind an hourly mean)
@@ -206,33 +216,48 @@ class HJ212Reconciliation(Detector):
         return self._evaluate(s.site, st, final=False)
 
     def _add_analyzer(self, st: _Site, s: Sample) -> None:
+        a = st.analyzers.get(s.instrument)
+        if a is None:
+            a = st.analyzers[s.instrument] = _Analyzer()
+        t = s.time
+        flags = s.flags or {}
+        a.raw.append((t, s.values, flags, s.origin))
         b = self._bin
-        key_bin = int(s.time // b)
+        key_bin = int(t // b)
+        bn = a.bins.get(key_bin)
+        if bn is None:
+            bn = a.bins[key_bin] = _Bin()
+            a.order.append(key_bin)
+        bn.origins.add(s.origin)
+        sums, signals = bn.sums, a.signals
         for sig, v in s.values.items():
-            if is_parameter(sig):
-                continue
-            ser = st.analyzers.get((s.instrument, sig))
-            if ser is None:
-                ser = st.analyzers[(s.instrument, sig)] = _Series()
-            flag = s.flags.get(sig, "N") if s.flags else "N"
-            ser.raw.append((s.time, v, flag, s.origin))
-            bn = ser.bins.get(key_bin)
-            if bn is None:
-                bn = ser.bins[key_bin] = _Bin()
-                ser.order.append(key_bin)
-            if flag in VALID_FLAGS:
-                bn.total += v
-                bn.n += 1
-            bn.flags[flag] = bn.flags.get(flag, 0) + 1
-            bn.origins.add(s.origin)
-            raw_cut = s.time - float(self.p["raw_keep_s"])
-            while ser.raw and ser.raw[0][0] < raw_cut:
-                ser.raw.popleft()
-            bin_cut = (s.time - float(self.p["history_s"])) // b
-            while ser.order and ser.order[0] < bin_cut:
-                del ser.bins[ser.order.popleft()]
-        if s.time > st.watermark:
-            st.watermark = s.time
+            if sig not in signals:
+                if sig in a.params:
+                    continue
+                if is_parameter(sig):
+                    a.params.add(sig)
+                    continue
+                signals.add(sig)
+                st.by_signal.setdefault(sig, []).append(s.instrument)
+            f = flags.get(sig, "N")
+            e = sums.get(sig)
+            if e is None:
+                e = sums[sig] = [0.0, 0, 0]
+            e[2] += 1
+            if f in VALID_FLAGS:
+                e[0] += v
+                e[1] += 1
+            if f != "N":
+                odd = bn.odd.setdefault(sig, {})
+                odd[f] = odd.get(f, 0) + 1
+        raw_cut = t - float(self.p["raw_keep_s"])
+        while a.raw and a.raw[0][0] < raw_cut:
+            a.raw.popleft()
+        bin_cut = (t - float(self.p["history_s"])) // b
+        while a.order and a.order[0] < bin_cut:
+            del a.bins[a.order.popleft()]
+        if t > st.watermark:
+            st.watermark = t
 
     def _logger_sample(self, s: Sample) -> list[Alert]:
         st = self._sites.get(s.site)
@@ -327,54 +352,61 @@ class HJ212Reconciliation(Detector):
         s = item.sample
         out: list[Alert] = []
         kind = self.sites[site].kind
-        analyzers = st.analyzers
+        by_signal = st.by_signal
         for sig, rep in s.values.items():
             if is_parameter(sig):
                 continue
             rflag = s.flags.get(sig, "N") if s.flags else "N"
-            for (inst, asig), ser in analyzers.items():
-                if asig != sig:
-                    continue
-                m = self._measured(ser, item)
+            for inst in by_signal.get(sig, ()):
+                m = self._measured(st.analyzers[inst], sig, item)
                 if m is None:
                     continue
                 out += self._compare_value(site, kind, item, sig, rep, rflag, inst, m)
                 out += self._compare_flag(site, kind, item, sig, rep, rflag, inst, m)
         return out
 
-    def _measured(self, ser: _Series, item: _Pending) -> dict[str, Any] | None:
-        """What the analyzer shows over the report's window: valid values (or their
-        mean), the flags, the origins."""
+    def _measured(self, a: _Analyzer, sig: str, item: _Pending) -> dict[str, Any] | None:
+        """What analyzer ``a`` shows for ``sig`` over the report's window: valid values
+        (or their mean), the flags, the origins."""
+        flags: dict[str, int] = {}
+        o: list[Origin] = []  # made into Origins only for evidence (see _origins_of)
+        bins_o: list[Origins] = []
         if item.suffix == "":
-            pts = [p for p in ser.raw if item.start <= p[0] <= item.end]
-            if not pts:
+            valid: list[tuple[float, float]] = []
+            for t, vals, fl, org in _between(a.raw, item.start, item.end, closed=True):
+                v = vals.get(sig)
+                if v is None:
+                    continue
+                f = fl.get(sig, "N")
+                flags[f] = flags.get(f, 0) + 1
+                o.append(org)
+                if f in VALID_FLAGS:
+                    valid.append((t, v))
+            if not flags:
                 return None
-            valid = [p for p in pts if p[2] in VALID_FLAGS]
-            flags: dict[str, int] = {}
-            o = Origins()
-            for p in pts:
-                flags[p[2]] = flags.get(p[2], 0) + 1
-                o.add(p[3])
             t0 = item.sample.time
             near = min(valid, key=lambda p: abs(p[0] - t0)) if valid else None
-            return {"values": [p[1] for p in valid], "nearest": near[1] if near else None,
+            return {"values": [v for _, v in valid], "nearest": near[1] if near else None,
                     "nearest_time": near[0] if near else None, "flags": flags,
-                    "origins": o, "n": len(pts)}
-        total, n, flags, o = 0.0, 0, {}, Origins()
+                    "origins": (o, bins_o), "n": sum(flags.values())}
+        total, n = 0.0, 0
         span = item.end - item.start
-        if ser.raw and ser.raw[0][0] <= item.start:
-            # still held reading by reading: the exact window
+        if a.raw and a.raw[0][0] <= item.start:
+            # still held sample by sample: the exact window
             first = last = None
-            for t, v, f, org in ser.raw:
-                if item.start <= t < item.end:
-                    if f in VALID_FLAGS:
-                        total += v
-                        n += 1
-                    flags[f] = flags.get(f, 0) + 1
-                    o.add(org)
-                    first = t if first is None else first
-                    last = t
-            if not flags or first is None or last is None:
+            for t, vals, fl, org in _between(a.raw, item.start, item.end, closed=False):
+                v = vals.get(sig)
+                if v is None:
+                    continue
+                f = fl.get(sig, "N")
+                if f in VALID_FLAGS:
+                    total += v
+                    n += 1
+                flags[f] = flags.get(f, 0) + 1
+                o.append(org)
+                first = t if first is None else first
+                last = t
+            if first is None or last is None:
                 return None
             covered = last - first
         else:
@@ -383,21 +415,27 @@ class HJ212Reconciliation(Detector):
             lo, hi = math.ceil(item.start / b - 1e-9), math.ceil(item.end / b - 1e-9)
             used = 0
             for k in range(lo, hi):
-                bn = ser.bins.get(k)
-                if bn is None:
+                bn = a.bins.get(k)
+                e = bn.sums.get(sig) if bn is not None else None
+                if bn is None or e is None:
                     continue
                 used += 1
-                total += bn.total
-                n += bn.n
-                for f, c in bn.flags.items():
+                total += e[0]
+                n += int(e[1])
+                odd = bn.odd.get(sig, {})
+                normal = int(e[2]) - sum(odd.values())
+                if normal:
+                    flags["N"] = flags.get("N", 0) + normal
+                for f, c in odd.items():
                     flags[f] = flags.get(f, 0) + c
-                o.merge(bn.origins)
+                bins_o.append(bn.origins)
             if not flags:
                 return None
             covered = used * b
         if span > 0 and covered < float(self.p["avg_min_coverage"]) * span:
             return None  # the analyzer was not read over most of the period
-        return {"mean": total / n if n else None, "n_valid": n, "flags": flags, "origins": o,
+        return {"mean": total / n if n else None, "n_valid": n, "flags": flags,
+                "origins": (o, bins_o),
                 "n": sum(flags.values())}
 
     def _compare_value(self, site: str, kind: str, item: _Pending, sig: str, rep: float,
@@ -445,7 +483,7 @@ class HJ212Reconciliation(Detector):
             "measured": num(measured), "measured_time": to_rfc3339(mtime),
             "measured_flags": m["flags"], **basis})
         run.reported.add(s.origin)
-        run.measured.merge(m["origins"])
+        _merge_origins(run.measured, m["origins"])
         run.extra["tolerance"] = num(tol)
         return self._maybe_emit(run, int(p["min_mismatches"]),
                                 lambda: self._mismatch_alert(key, run, final=False))
@@ -493,7 +531,7 @@ class HJ212Reconciliation(Detector):
                              "measured": num(measured) if measured is not None else None,
                              "measured_flags": flags})
         run.reported.add(s.origin)
-        run.measured.merge(m["origins"])
+        _merge_origins(run.measured, m["origins"])
         return self._maybe_emit(run, int(self.p["flag_min_samples"]),
                                 lambda: self._flag_alert(key, run, final=False))
 
@@ -558,13 +596,11 @@ class HJ212Reconciliation(Detector):
 
     def _measured_any(self, st: _Site, sig: str, item: _Pending
                       ) -> tuple[float, Origins] | None:
-        for (_inst, asig), ser in st.analyzers.items():
-            if asig != sig:
-                continue
-            m = self._measured(ser, item)
+        for inst in st.by_signal.get(sig, ()):
+            m = self._measured(st.analyzers[inst], sig, item)
             if m is not None and m.get("nearest") is not None:
                 o = Origins()
-                o.merge(m["origins"])
+                _merge_origins(o, m["origins"])
                 return float(m["nearest"]), o
         return None
 
@@ -675,6 +711,27 @@ class HJ212Reconciliation(Detector):
                         f"{last.get('value')}）{src_zh}：疑似一路信号被接入多个通道。"),
             evidence=ev, key=f"E3|{site}|{inst}|identical|{'+'.join(group)}",
         )
+
+
+def _merge_origins(into: Origins, lazy: tuple[list[Origin], list[Origins]]) -> None:
+    for org in lazy[0]:
+        into.add(org)
+    for o in lazy[1]:
+        into.merge(o)
+
+
+def _between(raw: deque[Raw], start: float, end: float, *, closed: bool) -> list[Raw]:
+    """Samples with start <= t <= end (``closed``) or < end, oldest first. Windows lie
+    near the newest samples, so the deque is walked from its end."""
+    out: list[Raw] = []
+    for p in reversed(raw):
+        t = p[0]
+        if t < start:
+            break
+        if t < end or (closed and t == end):
+            out.append(p)
+    out.reverse()
+    return out
 
 
 def _components(pairs: set[tuple[str, str]]) -> list[tuple[str, ...]]:
