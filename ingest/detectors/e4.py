@@ -39,23 +39,23 @@ class _Run:
     floor: bool = False
     #: Value only a few reporting steps above zero (`coarse_steps`), floor or not.
     coarse: bool = False
+    first_origin: tuple[str, int] | None = None
     #: P(value repeats | previous value repeated) in the signal's history (alerted runs
     #: excluded), when the run started.
     p_same: float = 0.0
     level: int = 0  # 0 nothing emitted, 1 first severity emitted, 2 high emitted
     next_update_h: float = 0.0
-    origins: Origins = field(default_factory=Origins)
+    origins: Origins | None = None
 
 
 @dataclass(slots=True)
 class _Persistence:
-    """Outcomes (repeat or not) of the values that followed a repeated value."""
+    """Exponentially decayed counts of repeat outcomes (memory ~ `history_h` values)."""
 
-    q: deque[int] = field(default_factory=deque)
-    tot: int = 0
-    #: All repeat outcomes (for the prior when repeats are too rare to judge persistence).
-    q_all: deque[int] = field(default_factory=deque)
-    tot_all: int = 0
+    #: Outcomes of the values that followed a repeated value: (repeats, cases).
+    after: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    #: All outcomes, the prior when repeats are too rare to judge persistence on their own.
+    all: list[float] = field(default_factory=lambda: [0.0, 0.0])
     last: int = 0
 
 
@@ -155,7 +155,8 @@ class FlatLineDetector(Detector):
         p = self.p
         self.window_s = float(p["window_h"]) * HOUR
         self._runs: dict[tuple[str, str, str], _Run] = {}
-        self._same: dict[tuple[str, str, str, bool], _Persistence] = {}
+        self._same: dict[tuple[str, str, str], tuple[_Persistence, _Persistence]] = {}
+        self._decay = 1 - 1 / float(p["history_h"])
         self._quantum: dict[tuple[str, str, str], Quantum] = {}
         self._distinct: dict[tuple[str, str, str], _Distinct] = {}
         self._history: dict[tuple[str, str, str], SortedWindow] = {}
@@ -164,6 +165,8 @@ class FlatLineDetector(Detector):
         self._lags = range(1, int(p["max_lag_days"]) + 1)
         self._flow = FlowState(sites, float(p["flow_min"]))
         self._last_time: dict[tuple[str, str], float] = {}
+        self._max_distinct = int(p["max_distinct"])
+        self._min_samples = int(p["min_samples"])
         # Few-distinct windows are only worth keeping when enough samples fit in a window.
         self._max_gap_distinct = self.window_s / float(p["min_samples"])
 
@@ -261,44 +264,41 @@ class FlatLineDetector(Detector):
             r.next_update_h = hours + float(p["update_every_h"])
             out.append(self._flat_alert(key, r, final=False))
 
-    def _bucket(self, key: tuple[str, str, str], v: float) -> tuple[str, str, str, bool]:
-        """Persistence is kept apart for values only a few reporting steps above zero
-        (`coarse_steps`): an analyzer near its detection limit, or a channel reported in
-        coarse steps, repeats far more than the same analyzer mid-range."""
-        return (*key, self._steps(key, v) <= self.p["coarse_steps"])
+    def _coarse(self, key: tuple[str, str, str], v: float) -> bool:
+        """Values only a few reporting steps above zero (`coarse_steps`) keep their own
+        persistence: an analyzer near its detection limit, or a channel reported in coarse
+        steps, repeats far more than the same analyzer mid-range."""
+        return bool(self._steps(key, v) <= self.p["coarse_steps"])
 
-    def _note_pair(self, key: tuple[str, str, str, bool], same: int) -> None:
+    def _persistence(self, key: tuple[str, str, str], coarse: bool) -> _Persistence:
+        pair = self._same.get(key)
+        if pair is None:
+            pair = self._same[key] = (_Persistence(), _Persistence())
+        return pair[coarse]
+
+    def _note_pair(self, st: _Persistence, same: int) -> None:
         """Record whether a value repeated its predecessor, given the predecessor repeated.
 
         Repeats cluster (a coarse channel on a calm night repeats for hours), so the chance
         of a run is judged on the persistence of repeats, not on their overall share.
         """
-        st = self._same.get(key)
-        if st is None:
-            st = self._same[key] = _Persistence()
-        size = int(self.p["history_h"])
+        keep = self._decay
         if st.last:
-            st.q.append(same)
-            st.tot += same
-            if len(st.q) > size:
-                st.tot -= st.q.popleft()
-        st.q_all.append(same)
-        st.tot_all += same
-        if len(st.q_all) > size:
-            st.tot_all -= st.q_all.popleft()
+            st.after[0] = st.after[0] * keep + same
+            st.after[1] = st.after[1] * keep + 1
+        st.all[0] = st.all[0] * keep + same
+        st.all[1] = st.all[1] * keep + 1
         st.last = same
 
-    def _p_same(self, key: tuple[str, str, str, bool]) -> float:
+    @staticmethod
+    def _p_same(st: _Persistence) -> float:
         """P(repeat | previous repeated), shrunk towards the overall share of repeats.
 
         Two pseudo-observations at the overall share: a channel that almost never repeats
         has too few "after a repeat" cases to estimate persistence on its own.
         """
-        st = self._same.get(key)
-        if st is None:
-            return 0.5
-        p0 = (st.tot_all + 1) / (len(st.q_all) + 2)
-        return (st.tot + 2 * p0) / (len(st.q) + 2)
+        p0 = (st.all[0] + 1) / (st.all[1] + 2)
+        return (st.after[0] + 2 * p0) / (st.after[1] + 2)
 
     # -- few distinct values -----------------------------------------------------------
 
@@ -350,9 +350,10 @@ class FlatLineDetector(Detector):
                 counts[old] = c
             else:
                 del counts[old]
-        n_distinct = len(counts)
-        full = len(buf) >= self.p["min_samples"] and buf[-1][0] - buf[0][0] >= 0.9 * self.window_s
-        hit = full and 1 < n_distinct <= self.p["max_distinct"]
+        hit = 1 < len(counts) <= self._max_distinct and len(buf) >= self._min_samples \
+            and buf[-1][0] - buf[0][0] >= 0.9 * self.window_s
+        if not hit and d.since is None:
+            return
         run = self._runs.get(key)
         if hit and run is not None and run.level:
             hit = False  # the window is mostly the flat line already reported
@@ -404,23 +405,28 @@ class FlatLineDetector(Detector):
                 continue
             r = self._runs.get(key)
             if r is not None and r.value == v:
+                st = self._persistence(key, r.coarse)
                 if r.n == 1:
+                    # A second equal value: now the run is worth characterising (most
+                    # values change at once, and this keeps their cost down).
                     r.step = s.time - r.start
+                    r.floor = self._is_floor(key, v)[0]
+                    r.p_same = self._p_same(st)
+                    r.origins = Origins()
+                    r.origins.add(r.first_origin)
                 if not r.level:
-                    self._note_pair(self._bucket(key, v), 1)
+                    self._note_pair(st, 1)
                 r.n += 1
                 r.last = s.time
+                assert r.origins is not None
                 r.origins.add(s.origin)
                 self._check_run(key, r, out)
             else:
                 if r is not None:
-                    self._note_pair(self._bucket(key, r.value), 0)
-                self._end_run(key, out)
-                floor, _ = self._is_floor(key, v)
-                bucket = self._bucket(key, v)
-                r = self._runs[key] = _Run(v, s.time, s.time, floor=floor, coarse=bucket[3],
-                                           p_same=self._p_same(bucket))
-                r.origins.add(s.origin)
+                    self._note_pair(self._persistence(key, r.coarse), 0)
+                    self._end_run(key, out)
+                r = self._runs[key] = _Run(v, s.time, s.time, coarse=self._coarse(key, v),
+                                           first_origin=s.origin)
             if keep_distinct:
                 self._distinct_step(key, s.time, v, s, out)
             elif key in self._distinct:
