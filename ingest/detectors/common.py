@@ -9,11 +9,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from typing import Any, Literal
+from typing import Any
 
+from ingest.detectors.base import Severity
+from ingest.detectors.hourly import VALID_FLAGS
 from stationseal.records import to_rfc3339
 
-Severity = Literal["high", "medium", "low"]
 SEVERITY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
 #: Severity by escalation level (1-based level - 1), for detectors that escalate.
 LOW_MEDIUM_HIGH: tuple[Severity, Severity, Severity] = ("low", "medium", "high")
@@ -182,7 +183,7 @@ class FlowState:
     def update(self, site: str, values: dict[str, float], flags: dict[str, str] | None = None
                ) -> None:
         sig = FLOW_SIGNALS.get(self.sites[site].kind)
-        if sig is not None and sig in values and (not flags or flags.get(sig, "N") in "NT"):
+        if sig is not None and sig in values and (not flags or flags.get(sig, "N") in VALID_FLAGS):
             self.flow[site] = values[sig]
 
     def has_flow(self, site: str) -> bool:

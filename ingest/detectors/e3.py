@@ -11,8 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ingest.detectors.base import Alert, Detector, SiteInfo
-from ingest.detectors.common import ENV_KINDS, MEDIUM_HIGH, Severity, num, window
+from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
+from ingest.detectors.common import ENV_KINDS, MEDIUM_HIGH, num, window
 from ingest.detectors.hourly import HOUR, HourValues, Origins
 from stationseal.records import SiteEvent, from_rfc3339
 

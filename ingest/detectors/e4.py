@@ -9,12 +9,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ingest.detectors.base import Alert, Detector, SiteInfo
+from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
 from ingest.detectors.common import (
     ENV_KINDS,
     FlowState,
     Quantum,
-    Severity,
     SortedWindow,
     hours_text,
     is_parameter,

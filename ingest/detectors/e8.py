@@ -9,8 +9,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ingest.detectors.base import Alert, Detector, SiteInfo
-from ingest.detectors.common import ENV_KINDS, Severity, is_parameter, num, window
+from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
+from ingest.detectors.common import ENV_KINDS, is_parameter, num, window
 from ingest.detectors.hourly import VALID_FLAGS, Origins
 from stationseal.records import Sample, SiteEvent
 

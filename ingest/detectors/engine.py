@@ -36,7 +36,7 @@ from typing import Any
 
 from ingest.detectors import registry
 from ingest.detectors.base import Alert, Detector, SiteInfo
-from ingest.detectors.common import SEVERITY_RANK
+from ingest.detectors.common import ALL_KINDS, SEVERITY_RANK
 from ingest.detectors.hourly import HourBin, hour_start
 from stationseal.records import Sample, SiteEvent, to_rfc3339
 
@@ -134,7 +134,7 @@ class DetectionEngine:
             reg.rules[r].cls(sites, params.get(r)) for r in self.rules
         ]
         self._routes: dict[str, _Routes] = {}
-        for kind in ("vehicle_inspection", "stack_cems", "air_quality", "water_quality"):
+        for kind in ALL_KINDS:
             rt = _Routes()
             for d in self.detectors:
                 if kind not in d.kinds:

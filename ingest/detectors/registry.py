@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from ingest.detectors.base import Detector
-from ingest.detectors.common import check_param_types
+from ingest.detectors.common import ALL_KINDS, check_param_types
 
 PACKAGE = "ingest.detectors"
 
@@ -109,11 +109,8 @@ def discover() -> Registry:
     return reg
 
 
-_ALL_KINDS = {"vehicle_inspection", "stack_cems", "air_quality", "water_quality"}
-
-
 def _kinds(cls: type[Detector], sep: str) -> str:
-    return "all" if set(cls.kinds) == _ALL_KINDS else sep.join(cls.kinds)
+    return "all" if set(cls.kinds) == set(ALL_KINDS) else sep.join(cls.kinds)
 
 
 def listing(reg: Registry) -> str:
