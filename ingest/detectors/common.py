@@ -11,7 +11,7 @@ import math
 from collections import deque
 from typing import Any
 
-from ingest.detectors.base import Severity
+from ingest.detectors.base import Severity as Severity  # re-exported for rule modules
 from ingest.detectors.hourly import VALID_FLAGS
 from stationseal.records import to_rfc3339
 

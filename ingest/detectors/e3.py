@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
 from ingest.detectors.common import ENV_KINDS, MEDIUM_HIGH, num, window
-from ingest.detectors.hourly import HOUR, HourValues, Origins
+from ingest.detectors.hourly import HOUR, HourValues, Origins, origins_of
 from stationseal.records import SiteEvent, from_rfc3339
 
 #: Event the HJ 212 reconciliation seals when a logger reported something other than what
@@ -252,8 +252,7 @@ class ChannelTamperingDetector(Detector):
         if rel is not None and math.isfinite(rel):
             ev["relative_difference"] = num(rel, 3)
         if e.origin is not None:
-            ev["origins"] = [{"gateway": e.origin[0], "first_seq": e.origin[1],
-                              "last_seq": e.origin[1], "count": 1}]
+            ev["origins"] = origins_of(e.origin)
         diff = f" ({100 * rel:.1f} %)" if rel is not None and math.isfinite(rel) else ""
         return [Alert(
             rule=self.rule, severity=sev, site=e.site, instrument=e.instrument,

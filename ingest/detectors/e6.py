@@ -20,7 +20,7 @@ from ingest.detectors.common import (
     num,
     window,
 )
-from ingest.detectors.hourly import HOUR, VALID_FLAGS, Origins
+from ingest.detectors.hourly import HOUR, VALID_FLAGS, Origins, origins_of
 from stationseal.records import QUALITY_FLAGS, Sample, SiteEvent, from_rfc3339
 
 #: Events that open / close a logged maintenance or fault interval (docs/records.md).
@@ -256,8 +256,7 @@ class FlagAbuseDetector(Detector):
         ev: dict[str, Any] = {"finding": "flag_changed_after_the_fact", **d,
                               "seconds_after_data_time": num(late, 6)}
         if e.origin is not None:
-            ev["origins"] = [{"gateway": e.origin[0], "first_seq": e.origin[1],
-                              "last_seq": e.origin[1], "count": 1}]
+            ev["origins"] = origins_of(e.origin)
         return [Alert(
             rule=self.rule, severity="high" if old == "N" else "medium", site=e.site,
             instrument=e.instrument, start=data_t, end=e.time,

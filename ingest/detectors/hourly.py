@@ -73,11 +73,12 @@ class Origins:
         ]
 
 
-def origins_of(samples: list[Sample] | tuple[Sample, ...]) -> Origins:
+def origins_of(*origins: tuple[str, int] | None) -> list[dict[str, Any]]:
+    """Evidence ``origins`` for a few records (e.g. the event an alert comes from)."""
     o = Origins()
-    for s in samples:
-        o.add(s.origin)
-    return o
+    for x in origins:
+        o.add(x)
+    return o.to_json()
 
 
 @dataclass(slots=True)

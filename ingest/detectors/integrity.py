@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ingest.detectors.base import Alert, Detector, SiteInfo
 from ingest.detectors.common import ALL_KINDS, num
-from ingest.detectors.hourly import VALID_FLAGS
+from ingest.detectors.hourly import VALID_FLAGS, origins_of
 from stationseal.chain import ChainIssue
 from stationseal.records import Sample, SiteEvent, to_rfc3339
 
@@ -119,8 +119,7 @@ class _IntegrityRule(Detector):
                        f"limit {x['limit']}.")
                 zh += f"该事件发生在{x['signal']}超标期间（{x['value']}，限值{x['limit']}）。"
         if e.origin is not None:
-            ev["origins"] = [{"gateway": e.origin[0], "first_seq": e.origin[1],
-                              "last_seq": e.origin[1], "count": 1}]
+            ev["origins"] = origins_of(e.origin)
         test_id = during.get("test_id") if during else None
         return [Alert(rule=self.rule, severity=sev, site=e.site, instrument=e.instrument,
                       start=e.time, end=e.time, summary_en=en, summary_zh=zh, evidence=ev,
