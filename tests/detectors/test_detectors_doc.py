@@ -7,6 +7,8 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 from ingest.detectors import registry
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "detectors.md"
@@ -36,3 +38,22 @@ def test_all_environmental_modules_are_installed():
     reg = registry.discover()
     assert not [m for m in reg.missing if m.startswith("e")]
     assert {f"E{i}" for i in range(1, 9)} <= set(reg.rules)
+
+
+def test_missing_modules_are_listed_but_broken_ones_fail(monkeypatch):
+    monkeypatch.setattr(registry, "RULE_MODULES", ("e1", "zz_not_yet"))
+    reg = registry.discover.__wrapped__()
+    assert list(reg.rules) == ["E1"] and reg.missing == ["zz_not_yet"]
+    assert "not installed: ingest/detectors/zz_not_yet.py" in registry.listing(reg)
+    assert "Not installed: `zz_not_yet.py`" in registry.markdown(reg)
+
+    real = importlib.import_module
+
+    def broken(name: str, *a, **k):
+        if name == "ingest.detectors.e1":
+            raise ModuleNotFoundError("No module named 'numpy'", name="numpy")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError, match="numpy"):
+        registry.discover.__wrapped__()
