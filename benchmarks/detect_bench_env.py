@@ -19,6 +19,7 @@ Targets: recall ≥ 0.95 and precision ≥ 0.9 per rule. The detection wall time
 next to the time the simulators took to make the same data (a baseline from the same run).
 
     .venv/bin/python -m benchmarks.detect_bench_env [--quick] [--per-rule N] [--clean N]
+        [--kinds air_quality] [--patterns E1] [--params PARAMS.yaml]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.detectors.base import Alert, SiteInfo
 from ingest.detectors.engine import DetectionEngine
+from ingest.detectors.sites import load_params
 from sim.air import air_network, air_sites
 from sim.cems import cems_series, cems_sites
 from sim.envcommon import Record
@@ -102,7 +104,8 @@ def ratio(a: int, b: int) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
-def run_scenario(kind: Kind, days: int, seed: int, pattern: tuple[Any, ...] | None
+def run_scenario(kind: Kind, days: int, seed: int, pattern: tuple[Any, ...] | None,
+                 params: dict[str, dict[str, Any]] | None = None
                  ) -> tuple[list[Alert], dict[str, Any] | None, float, float]:
     rng = random.Random(seed)
     sites = kind.sites()
@@ -133,7 +136,7 @@ def run_scenario(kind: Kind, days: int, seed: int, pattern: tuple[Any, ...] | No
         label = {"rule": rule, "site": kind.target, "start": start, "end": end}
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eng = DetectionEngine(sites, rules=E_RULES)
+    eng = DetectionEngine(sites, params, rules=E_RULES)
     for r in recs:
         eng.feed(r)
     eng.finish()
@@ -148,7 +151,11 @@ def main() -> int:
     ap.add_argument("--clean", type=int, default=20, help="clean scenarios per site kind")
     ap.add_argument("--days", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--kinds", help="only these site kinds (comma-separated)")
+    ap.add_argument("--patterns", help="only these pattern labels (comma-separated, e.g. E1)")
+    ap.add_argument("--params", type=Path, help="detector parameter overrides (PARAMS.yaml)")
     args = ap.parse_args()
+    params = load_params(args.params) if args.params else None
     if args.quick:
         args.per_rule, args.clean = 3, 3
     t_sim_total = t_det_total = 0.0
@@ -161,24 +168,28 @@ def main() -> int:
           f"{'cross':>6}{'prec':>6}{'prec m+':>8}{'strict':>8}")
     clean_rows = []
     for kind in KINDS:
+        if args.kinds and kind.name not in args.kinds.split(","):
+            continue
         tallies: dict[str, Tally] = defaultdict(Tally)
         by_label: dict[str, Tally] = defaultdict(Tally)
         n_sites = len(kind.sites())
         clean_alerts: Counter[tuple[str, str]] = Counter()
         for _ in range(args.clean):
             seed += 1
-            alerts, _, ts, td = run_scenario(kind, args.days, seed, None)
+            alerts, _, ts, td = run_scenario(kind, args.days, seed, None, params)
             t_sim_total += ts
             t_det_total += td
             for a in alerts:
                 tallies[a.rule].count("false", a.severity)
                 clean_alerts[(a.rule, a.severity)] += 1
         clean_rows.append((kind.name, args.clean * args.days * n_sites, clean_alerts))
-        for pattern in kind.patterns:
+        patterns = [p for p in kind.patterns
+                    if not args.patterns or p[0] in args.patterns.split(",")]
+        for pattern in patterns:
             label_name, rule = pattern[0], pattern[1]
             for _ in range(args.per_rule):
                 seed += 1
-                alerts, label, ts, td = run_scenario(kind, args.days, seed, pattern)
+                alerts, label, ts, td = run_scenario(kind, args.days, seed, pattern, params)
                 t_sim_total += ts
                 t_det_total += td
                 assert label is not None
@@ -200,7 +211,7 @@ def main() -> int:
                         tallies[a.rule].count("false", a.severity)
                 lt.detected += hit
                 lt.detected_high += hit_high
-        for pattern in kind.patterns:
+        for pattern in patterns:
             label_name, rule = pattern[0], pattern[1]
             lt, rt = by_label[label_name], tallies[rule]
             print(f"{kind.name:<14}{label_name:<11}{lt.scenarios:>4}"

@@ -52,6 +52,8 @@ class _Episode:
     level: int = 0
     worst_z: float = 0.0
     sums: dict[str, list[float]] = field(default_factory=dict)  # sig -> [x, expected, nbr, n]
+    #: Per depressed hour, how far below expected the station read (mean over signals).
+    drops: list[float] = field(default_factory=list)
     origins: Origins = field(default_factory=Origins)
 
 
@@ -89,8 +91,8 @@ class NeighbourDepressionDetector(Detector):
     hours back within `cusum_k` σ; its window and means cover the depressed hours
     (z below ``-cusum_k``). Neighbourhoods also drift apart by 15–25 % for a day or two
     (local sources, a sea breeze); an alert therefore also needs the station to have read
-    at least `min_drop_pct` below expected over the episode — a blocked or wetted inlet
-    removes far more than that.
+    at least `min_drop_pct` below expected (on ``value + offset``), on average over its
+    latest `drop_hours` depressed hours — a blocked or wetted inlet removes far more.
 
     Neighbours: the site's `neighbours` list in SITES.yaml, else the nearest air-quality
     sites within `radius_km` (at most `max_neighbours`). An hour is judged once the stream
@@ -119,6 +121,7 @@ class NeighbourDepressionDetector(Detector):
         "high_hours": 12.0,
         "cusum_k": 1.0,
         "min_drop_pct": 35.0,
+        "drop_hours": 6,
         "recover_hours": 3,
         "offset": 10.0,
         "history_h": 720,
@@ -298,6 +301,10 @@ class NeighbourDepressionDetector(Detector):
             ep.calm = 0
             ep.last_low = hour
             ep.origins.merge(sh.origins)
+            off = float(self.p["offset"])
+            hour_drops = [1 - (x + off) / (e + off) for x, e, _ in detail.values()]
+            if hour_drops:
+                ep.drops.append(100 * sum(hour_drops) / len(hour_drops))
             for sig, (x, expected, nmed) in detail.items():
                 acc = ep.sums.setdefault(sig, [0.0, 0.0, 0.0, 0.0])
                 acc[0] += x
@@ -310,11 +317,14 @@ class NeighbourDepressionDetector(Detector):
             out.append(self._alert(site, ep, final=False))
         return out
 
-    @staticmethod
-    def _drop_pct(ep: _Episode) -> float:
-        """How far below expected the station read over the episode (mean over signals)."""
-        drops = [100.0 * (1 - x / e) for x, e, _, _ in ep.sums.values() if e > 0]
-        return sum(drops) / len(drops) if drops else 0.0
+    def _drop_pct(self, ep: _Episode) -> float:
+        """How far below expected the station read in its latest `drop_hours` depressed
+        hours, on ``value + offset`` like the residuals (each hour counts the same, however
+        polluted: a sampler blocked at night reads 5 instead of 12, which a sum over a
+        dirty afternoon would drown; the offset keeps 5-versus-9 at night from counting
+        as a 44 % drop)."""
+        recent = ep.drops[-int(self.p["drop_hours"]):]
+        return sum(recent) / len(recent) if recent else 0.0
 
     def _alert(self, site: str, ep: _Episode, final: bool) -> Alert:
         sev = LOW_MEDIUM_HIGH[ep.level - 1]
