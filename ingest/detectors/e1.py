@@ -37,6 +37,9 @@ def distance_km(a: SiteInfo, b: SiteInfo) -> float:
 class _SiteHour:
     values: dict[str, float] = field(default_factory=dict)
     origins: Origins = field(default_factory=Origins)
+    #: Judged already (a site's second instrument closing the same hour late must not make
+    #: its CUSUM count the hour twice).
+    judged: bool = False
 
 
 @dataclass(slots=True)
@@ -256,6 +259,9 @@ class NeighbourDepressionDetector(Detector):
     def _evaluate_site(self, site: str, hour: float) -> list[Alert]:
         sh = self._hours[site][hour]
         out: list[Alert] = []
+        if sh.judged:
+            return out
+        sh.judged = True
         zs: list[float] = []
         detail: dict[str, tuple[float, float, float]] = {}
         for sig in self.signals:

@@ -8,6 +8,7 @@ from env_helpers import HOUR, T0, only, overlaps, run, series
 
 from ingest.detectors.base import SiteInfo
 from ingest.detectors.e1 import NeighbourDepressionDetector
+from ingest.detectors.engine import DetectionEngine
 from sim.air import air_network, air_sites
 from sim.envpatterns import inject
 
@@ -63,3 +64,18 @@ def test_neighbours_default_to_nearby_air_stations():
     assert det.neighbours["a"] == ["listed", "b", "c"]
     assert det.neighbours["listed"] == ["far"]
     assert det.neighbours["far"] == []
+
+
+def test_a_station_whose_data_arrive_hours_late_is_still_judged():
+    start, end = T0 + 9 * 86400 + 5 * HOUR, T0 + 9 * 86400 + 17 * HOUR
+    recs = list(inject("E1", network(3), site="aq-2", kind="air_quality", start=start,
+                       end=end, rng=random.Random(1), factor=0.4))
+    # The service receives aq-2 three hours behind everyone else (per station in order).
+    arrival = sorted(recs, key=lambda r: r.time + (3 * HOUR if r.site == "aq-2" else 0))
+    eng = DetectionEngine(air_sites(), rules=["E1"])
+    for r in arrival:
+        eng.feed(r)
+    eng.finish()
+    hits = [u.alert for u in eng.alerts() if u.alert.site == "aq-2"
+            and u.alert.evidence["finding"] == "below_neighbours" and overlaps(u.alert, start, end)]
+    assert [a.severity for a in hits] == ["high"]
