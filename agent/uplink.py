@@ -225,7 +225,8 @@ class MqttTransport(_Link):
 
     def _session(self) -> bool:
         """One connection, from connect to failure. True if it got far enough to count
-        as healthy (a delivery acknowledged), which resets the back-off."""
+        as healthy (a delivery acknowledged, or a minute connected), which resets the
+        back-off."""
         s = _Session()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.gateway_id,
                              protocol=mqtt.MQTTv5)
@@ -253,6 +254,7 @@ class MqttTransport(_Link):
             return False
         deadline = time.monotonic() + self.connect_timeout_s
         gen: int | None = None
+        up_since: float | None = None
         mids: dict[int, tuple[int, float]] = {}  # mid -> (seq, monotonic time sent)
         error: str | None = None
         try:
@@ -260,6 +262,7 @@ class MqttTransport(_Link):
                 if self._stop.is_set():
                     if gen is not None:
                         self._goodbye(client, sock, s)
+                        self._deliver(s, mids, gen)
                     break
                 pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
                 want_w = client.want_write()
@@ -298,19 +301,14 @@ class MqttTransport(_Link):
                         self._state["connects"] += 1
                     self._set("connected", reconnect_in_s=None)
                     gen = self._up()
+                    up_since = time.monotonic()
                     log.info("uplink connected to %s:%d", self.host, self.port)
                 if s.acked:
-                    done = [mids.pop(m)[0] for m in s.acked if m in mids]
-                    s.acked.clear()
-                    if done:
-                        s.healthy = True
-                        with self._lock:
-                            self._state["delivered_frames"] += len(done)
-                        self._post("delivered", gen, done)
+                    self._deliver(s, mids, gen)
                 if s.rejected:
                     m, reason = s.rejected[0]
-                    seq = mids[m][0] if m in mids else None
-                    error = f"broker refused frame seq {seq}: {reason}"
+                    what = f"frame seq {mids[m][0]}" if m in mids else "the status message"
+                    error = f"broker refused {what}: {reason}"
                     break
                 now = time.monotonic()
                 for seq, payload in self._take(gen):
@@ -330,15 +328,25 @@ class MqttTransport(_Link):
             self._down(error)
             with contextlib.suppress(Exception):
                 sock.close()
-        return s.healthy
+        return s.healthy or (up_since is not None and time.monotonic() - up_since >= 60)
+
+    def _deliver(self, s: _Session, mids: dict[int, tuple[int, float]], gen: int) -> None:
+        done = [mids.pop(m)[0] for m in s.acked if m in mids]
+        s.acked.clear()
+        if done:
+            s.healthy = True
+            with self._lock:
+                self._state["delivered_frames"] += len(done)
+            self._post("delivered", gen, done)
 
     def _goodbye(self, client: mqtt.Client, sock: Any, s: _Session) -> None:
         """Clean stop: replace the retained birth with "offline" (a clean DISCONNECT
         does not trigger the will), wait briefly for its PUBACK, disconnect."""
         info = client.publish(self.status_topic, self._status_payload(False), qos=1,
                               retain=True)
+        s.watch = info.mid
         end = time.monotonic() + 2.0
-        while time.monotonic() < end and info.mid not in s.acked_all:
+        while time.monotonic() < end and not s.watch_acked:
             rl, wl, _ = select.select([sock], [sock] if client.want_write() else [], [], 0.1)
             if (sock in rl and client.loop_read()) or (sock in wl and client.loop_write()):
                 break
@@ -355,7 +363,8 @@ class _Session:
         self.refused: str | None = None
         self.disconnect_reason: str | None = None
         self.acked: list[int] = []
-        self.acked_all: set[int] = set()
+        self.watch: int | None = None  # a status message whose PUBACK is awaited
+        self.watch_acked = False
         self.rejected: list[tuple[int, str]] = []
         self.healthy = False
 
@@ -368,7 +377,9 @@ class _Session:
 
     def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
                    props: Any) -> None:
-        self.acked_all.add(mid)
+        if mid == self.watch:
+            self.watch_acked = True
+            return
         if rc.is_failure:
             self.rejected.append((mid, str(rc)))
         else:
