@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Container
+from collections.abc import Container
 from typing import Any, Protocol
 
 from agent.outbox import Outbox
@@ -57,7 +57,6 @@ class Dispatcher:
         *,
         max_inflight: int,
         live_reserve: int,
-        on_delivered: Callable[[int], None] = lambda n: None,
     ) -> None:
         if not 1 <= live_reserve < max_inflight:
             raise ValueError("live_reserve must be at least 1 and below max_inflight")
@@ -65,7 +64,6 @@ class Dispatcher:
         self.max_inflight = max_inflight
         self.live_reserve = live_reserve
         self.transport: Transport | None = None
-        self.on_delivered = on_delivered
         self.gen: int | None = None  # link generation while up
         self.inflight: dict[int, int] = {}  # seq -> payload length
         self.live: deque[tuple[int, bytes]] = deque()
@@ -125,8 +123,6 @@ class Dispatcher:
                 self.delivered_pending[seq] = size
                 n += 1
         self.delivered_frames += n
-        if n:
-            self.on_delivered(n)
         self.pump()
 
     # -- deletions -----------------------------------------------------------------

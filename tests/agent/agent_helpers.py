@@ -3,6 +3,7 @@ wired to a file or the stack's broker, and a subscriber that records frames."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -169,12 +170,8 @@ class FrameCollector:
 
 
 def frames_of(path: Path) -> list[Any]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            import base64
-            out.append(decode(base64.b64decode(json.loads(line)["payload"])))
-    return out
+    return [decode(base64.b64decode(json.loads(line)["payload"]))
+            for line in path.read_text().splitlines() if line.strip()]
 
 
 def verify(path: Path, registry: Path) -> Report:
