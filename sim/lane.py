@@ -357,15 +357,15 @@ class LaneDriver:
                 if fixed is not None:
                     return dict(zip(("ambient_temp_c", "ambient_rh_pct", "ambient_kpa"),
                                     fixed, strict=True))
-            own = self._shown(role, cur, last, t)
-            if own is not None:
-                return own
+            # Every signal the instrument has: what the test gives it, the rest at rest
+            # (a lug-down test uses only the analyzer's CO2 channel, for instance).
             out = self._idle(role, t)
+            own = self._shown(role, cur, last, t) or {}
+            out.update(own)
             partner = _PARTNER.get(role)
-            if partner is not None:
-                other = self._shown(partner, cur, last, t)
-                if other is not None:
-                    out.update({k: other[k] for k in _SHARED_INPUTS if k in other})
+            if partner is not None and any(k not in own for k in _SHARED_INPUTS):
+                other = self._shown(partner, cur, last, t) or {}
+                out.update({k: other[k] for k in _SHARED_INPUTS if k in other and k not in own})
             return out
 
     def stop(self, t: float) -> None:

@@ -148,12 +148,22 @@ def test_instruments_show_the_test_and_rest_between_tests() -> None:
 
 
 def test_one_tachometer_feeds_both_exhaust_instruments() -> None:
-    d = driver(methods=("asm5025", "free_accel"))
-    gas, diesel = d.tests(T0 + 300)[:2]
-    for t in (gas.start + 12.2, diesel.start + 20.2, gas.end + 2.0):
+    d = driver(methods=("asm5025", "free_accel", "lug_down"))
+    gas, diesel, lug = d.tests(T0 + 500)[:3]
+    for t in (gas.start + 12.2, diesel.start + 20.2, gas.end + 2.0, lug.start + 30.2):
         a, o = d.values("analyzer", t), d.values("opacimeter", t)
         assert a["rpm"] == o["rpm"] > 500 and a["oil_temp_c"] == o["oil_temp_c"]
     assert d.values("opacimeter", gas.start + 12.2)["k_m1"] < 0.02  # not in use
+
+
+def test_channels_a_test_does_not_use_stay_at_rest() -> None:
+    d = driver(methods=("lug_down",))
+    lug = d.tests(T0 + 200)[0]
+    a = d.values("analyzer", lug.start + 40.2)
+    assert a["co2_pct"] > 5.0  # the one channel lug-down uses
+    assert a["hc_ppm"] <= 5 and a["co_pct"] == 0.0 and a["o2_pct"] > 20.0
+    assert set(a) >= {"hc_ppm", "co_pct", "co2_pct", "o2_pct", "no_ppm", "lambda", "rpm",
+                      "oil_temp_c", "status"}
 
 
 def test_stop_aborts_the_test_under_way_and_starts_no_other() -> None:
