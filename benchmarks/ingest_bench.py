@@ -309,7 +309,8 @@ class _FakeInfo:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--readings", type=int, default=50, help="readings per frame")
+    ap.add_argument("--readings", type=int, default=500,
+                    help="readings per frame (default: the agent's default batch_max_readings)")
     args = ap.parse_args()
     n_frames = 250 if args.quick else 1000
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as d:
