@@ -58,7 +58,7 @@ def main() -> None:
     for n in (10, 80, 400):
         rs = readings(n, t0)
 
-        def mk(signer, gw):  # type: ignore[no-untyped-def]
+        def mk(signer, gw, rs=rs):  # type: ignore[no-untyped-def]
             return lambda: seal(signer, gateway_id=gw, site="S", boot_id=vectors.BOOT, seq=1,
                                 prev_hash=ZERO_HASH, created=t0, clock_sync="synced",
                                 readings=rs, events=[])
@@ -66,11 +66,11 @@ def main() -> None:
         js = [{"instrument": r.instrument, "signal": r.signal, "value": r.value, "unit": r.unit,
                "time": r.time, "quality": r.quality, "raw": r.raw.hex() if r.raw else None}
               for r in rs]
-        base = per_reading(lambda: json.dumps(js), n, reps)
+        base = per_reading(lambda js=js: json.dumps(js), n, reps)
         s_ed = per_reading(mk(ed, "gw-demo-1"), n, reps)
         s_p = per_reading(mk(p256, "gw-demo-2"), n, max(10, reps // 3))
         f = mk(ed, "gw-demo-1")()
-        ver = per_reading(lambda: verify_payload(f.payload, reg), n, reps)
+        ver = per_reading(lambda f=f: verify_payload(f.payload, reg), n, reps)
         size = len(f.payload) / n
         print(f"{n:>6} {base:>14.2f} {s_ed:>13.2f} {s_p:>10.2f} {ver:>15.2f} {size:>14.1f} "
               f"{len(json.dumps(js)) / n:>11.1f}")
