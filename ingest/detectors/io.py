@@ -215,8 +215,3 @@ def write_jsonl(path: str | Path, objs: Iterable[dict[str, Any]]) -> int:
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
     return write_jsonl(path, (record_to_json(r) for r in records))
-
-
-def read_alerts(path: str | Path) -> list[dict[str, Any]]:
-    with _open(path, "r") as f:
-        return [json.loads(line) for line in f if line.strip()]
