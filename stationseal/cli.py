@@ -26,6 +26,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("keys", "stationseal.keys_cli", "generate gateway keys and manage the key registry"),
     ("verify", "stationseal.verify_cli", "verify an exported frames file offline"),
     ("detect", "ingest.detectors.cli", "run the falsification detectors over records offline"),
+    ("reconcile", "ingest.reconcile.cli",
+     "compare vehicle test results a site reported with what its instruments measured"),
     ("sim", "sim.cli", "start simulated instruments and data loggers"),
     ("dashboards", "dashboards.cli", "build and provision the Grafana dashboards"),
     ("stack", "stationseal.stack", "start/stop the local Mosquitto + InfluxDB stack"),
