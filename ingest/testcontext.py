@@ -13,6 +13,10 @@ arrives signed, as numbers and register text. Detectors reason on tests
   ``model_group``, ``number``);
 * *finished* / *aborted* / *idle* closes it: ``test_end`` with ``result`` (pass/fail, ""
   when aborted), ``aborted`` and the first OBD odometer reading seen during the test;
+  for ``AFTER_S`` seconds in which the controller goes on naming that test as finished
+  (aborted), the lane's samples carry its context with the phase ``finished``
+  (``aborted``) — what the lane says about those seconds, and a phase no method scores
+  (the probe may already be out); later seconds are between tests, without context;
 * every other sample of the same site and lane (lane = the instrument id's prefix before
   the last dot, ``L1.analyzer`` -> ``L1``, as the detectors define it) carries a
   :class:`TestContext` with the phase the controller reported *for the same second*
@@ -66,6 +70,9 @@ _TEXT = {"lane_vehicle": "vehicle", "lane_vin": "vin", "lane_calid": "calid",
 HOLD_S = 3.0
 #: Seconds of controller states kept per lane.
 KEEP_SECONDS = 120
+#: Seconds after a test's end that carry its context with the phase "finished"/"aborted"
+#: (car and probe typically still in place while the lane shows the verdict).
+AFTER_S = 10
 
 
 @dataclass(slots=True)
@@ -221,7 +228,16 @@ class LaneContexts:
                     if finished else ""
                 out.append(self._end(site, snap, cur, origin, result=result,
                                      aborted=not finished))
-            lane.record(second_of(snap.time), None)
+                lane.last = replace(cur.ctx, phase="")
+                lane.last_end = second_of(snap.time)
+            # After a test the controller still names it, as finished or aborted: the
+            # seconds right after it say so (a phase no method scores) instead of carrying
+            # no context; later ones are between tests.
+            after = lane.last if lane.last is not None and lane.last.id == tid \
+                and second_of(snap.time) - lane.last_end < AFTER_S else None
+            label = lc.STATES.get(state, "") if state != lc.STATE_IDLE else ""
+            lane.record(second_of(snap.time),
+                        replace(after, phase=label) if after is not None and label else None)
         return out
 
     def _end(self, site: str, snap: _Snapshot, cur: _OpenTest, origin: tuple[str, int], *,
@@ -241,6 +257,9 @@ class _Lane:
     controller: str
     by_second: dict[int, TestContext | None] = field(default_factory=dict)
     last_second: int = -(2**62)
+    #: the lane's last test, while the controller still shows it finished or aborted
+    last: TestContext | None = None
+    last_end: int = 0
 
     def record(self, sec: int, ctx: TestContext | None) -> None:
         self.by_second.setdefault(sec, ctx)  # the first reading of a second decides it

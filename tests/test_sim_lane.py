@@ -369,4 +369,6 @@ def test_lane_context_becomes_tests_for_the_detectors(signer: Any) -> None:
         # although the controller is read after the other instruments
         in_test = [s for s in rec.seconds if t.start <= s.t < t.end]
         assert [s.phase for s in in_test] == t.phases
+        # seconds after the end, while the lane shows the test finished, say so
+        assert {s.phase for s in rec.seconds if s.t >= t.end} <= {"finished"}
     assert lanes.open.keys() <= {("S1", "L1.lane")}
