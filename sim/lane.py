@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sim import scenario
 from sim import vehicle as vm
 from stationseal import lanecodes as lc
 from stationseal import vehicle_results as vres
@@ -120,13 +121,6 @@ class Injection:
 _ENTRY = re.compile(r"^(V\d+)@([A-Za-z0-9_.-]+)(?::([0-9+\-]+))?((?:/[A-Za-z_]+=[^/]+)*)$")
 
 
-def _number(s: str) -> float | str:
-    try:
-        return float(s)
-    except ValueError:
-        return s
-
-
 def parse_scenario(text: str) -> list[Injection]:
     """``RULE@LANE[:TESTS][/key=value...]`` entries separated by commas, or a preset name.
 
@@ -134,11 +128,8 @@ def parse_scenario(text: str) -> list[Injection]:
     Examples: ``V1@L1:3/variant=probe_out``, ``V6@L2:2-4/variant=car``, ``V9@L2``.
     Raises ValueError naming the entry at fault.
     """
-    text = PRESETS.get(text.strip(), text)
     out: list[Injection] = []
-    for raw in re.split(r"[,\s]+", text.strip()):
-        if not raw:
-            continue
+    for raw in scenario.entries(text, PRESETS):
         m = _ENTRY.match(raw)
         if m is None:
             raise ValueError(f"scenario entry {raw!r}: expected RULE@LANE[:TESTS][/key=value]"
@@ -160,9 +151,8 @@ def parse_scenario(text: str) -> list[Injection]:
                 tests += range(int(lo), int(hi or lo) + 1)
         if not nums:
             open_from = 1
-        kv = dict(p.split("=", 1) for p in params.split("/") if p)
-        inj = Injection(rule, lane, tuple(sorted(set(tests))), open_from,
-                        {k: _number(v) if k != "variant" else v for k, v in kv.items()})
+        kv = scenario.params(params)
+        inj = Injection(rule, lane, tuple(sorted(set(tests))), open_from, kv)
         variant = kv.get("variant")
         if variant is not None and variant not in vm.VARIANTS.get(rule, ()):
             raise ValueError(f"scenario entry {raw!r}: {rule} has no variant {variant!r} "

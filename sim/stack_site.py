@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim import envpatterns
+from sim import envpatterns, scenario
 from sim.cems import CEMS_LIMITS, StackModel, cems_series
 from sim.envcommon import Record
 from stationseal.records import Sample, SiteEvent
@@ -80,11 +80,8 @@ _ENTRY = re.compile(r"^(E\d)@(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?((?:/[A-Za-z_]+
 def parse_stack_scenario(text: str) -> list[StackInjection]:
     """``PATTERN@START[-END][/key=value...]`` entries (seconds after start), comma
     separated, or a preset name: ``E4@10-70/signal=so2_mgm3, E8@45/ratio=0.55``."""
-    text = PRESETS.get(text.strip(), text)
     out: list[StackInjection] = []
-    for raw in re.split(r"[,\s]+", text.strip()):
-        if not raw:
-            continue
+    for raw in scenario.entries(text, PRESETS):
         m = _ENTRY.match(raw)
         if m is None:
             raise ValueError(f"stack scenario entry {raw!r}: expected PATTERN@START[-END]"
@@ -95,15 +92,7 @@ def parse_stack_scenario(text: str) -> list[StackInjection]:
                              f"here; live patterns: {', '.join(LIVE_PATTERNS)}")
         if hi is not None and float(hi) <= float(lo):
             raise ValueError(f"stack scenario entry {raw!r}: end before start")
-        kv: dict[str, Any] = {}
-        for p in params.split("/"):
-            if not p:
-                continue
-            k, v = p.split("=", 1)
-            try:
-                kv[k] = float(v)
-            except ValueError:
-                kv[k] = v
+        kv = scenario.params(params)
         sig = kv.get("signal")
         if sig is not None and sig not in CEMS_LIMITS:
             raise ValueError(f"stack scenario entry {raw!r}: signal {sig!r} has no limit; "
