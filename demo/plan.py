@@ -195,7 +195,7 @@ def central_config(info: StackInfo, *, registry: Path, state: Path, alerts: Path
         info, registry, state,
         alerts={"jsonl": str(alerts)},
         detection={"enabled": True, "sites": str(sites), "params": str(params),
-                   "reorder_s": 2.0},
+                   "reorder_s": 2.0, "finish_on_stop": True},
         chain={"gap_grace_s": 30.0},
     )
     return dump_config(cfg)

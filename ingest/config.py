@@ -157,6 +157,9 @@ class DetectionConfig(_Strict):
     """Samples are held this long per instrument and released in time order, because
     backfill arrives behind live data."""
     merge_gap_s: float = Field(default=6 * 3600.0, gt=0)
+    finish_on_stop: bool = False
+    """At stop, judge open tests and windows as if the data ended (demo, replays). Off in
+    production: a test cut by a restart of the service is not the station's doing."""
 
     @model_validator(mode="after")
     def _sites_needed(self) -> DetectionConfig:

@@ -25,6 +25,7 @@ from ingest.detectors.base import Alert
 from ingest.engine_hook import EngineAlert
 from ingest.metrics import Metrics
 from ingest.store import Store
+from ingest.testcontext import LaneContexts
 from stationseal.chain import ChainTracker
 from stationseal.export import gateway_of_topic, line_for
 from stationseal.frame import Frame
@@ -148,6 +149,8 @@ class Pipeline:
         self.min_rank = SEVERITY_RANK[cfg.alerts.integrity_min_severity]
         self._ts_tiebreak = 0
         self._last_gap_check = time.monotonic()
+        #: Vehicle test context from lane-controller readings, applied before detection.
+        self.lanes = LaneContexts()
 
     # -- per message ----------------------------------------------------------------
     def skip(self, ack: tuple[int, int, int]) -> None:
@@ -216,7 +219,7 @@ class Pipeline:
             b.archive.append((received, line_for(topic or f"stationseal/v1/{gw}/frames",
                                                  payload)))
         if self.engine is not None and not branch:
-            self._feed(frame_records(f))
+            self._feed(self.lanes.annotate(f, frame_records(f)))
         return "fork" if branch else "accepted"
 
     def _tracker(self, gw: str) -> ChainTracker:
@@ -275,6 +278,26 @@ class Pipeline:
             self.emit(integrity_alert(kind, sev, site, gw, seq, when, detail))
         if self.engine is not None:
             self._feed([integrity_event(kind, site, gw, seq, when, detail)])
+
+    def finish_detection(self) -> None:
+        """End of stream: judge what is still open (tests, windows) and deliver it.
+
+        Only on an explicit end of the data (``detection.finish_on_stop``, an import):
+        on an ordinary restart a test cut by the restart is not the station's doing.
+        """
+        if self.engine is None:
+            return
+        self._feed(self.lanes.flush())
+        finish = getattr(self.engine, "finish", None)
+        if finish is None:
+            return
+        try:
+            out = finish()
+        except Exception:
+            log.exception("detection engine failed at end of stream")
+            return
+        for ea in out:
+            self.deliver(self.book.upsert(ea.id, ea.doc, ea.start, ea.is_new))
 
     def _feed(self, records: list[Sample | SiteEvent]) -> None:
         assert self.engine is not None

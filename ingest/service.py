@@ -265,6 +265,8 @@ class IngestService:
                    or (self.writer_idle.is_set() and self.inbox.empty()))
             if due:
                 self.writer_q.put(p.seal())
+        if self.cfg.detection.finish_on_stop:
+            p.finish_detection()
         if not p.batch.empty():
             self.writer_q.put(p.seal())
         self.writer_q.put(None)
