@@ -48,6 +48,23 @@ def hours_text(h: float) -> str:
     return f"{h:.0f}" if h >= 10 or h == int(h) else f"{h:.1f}"
 
 
+def duration_en(h: float) -> str:
+    """A duration in hours as an officer reads it: hours, or minutes/seconds when short."""
+    if h >= 1:
+        return f"{hours_text(h)} h"
+    if h * 60 >= 1:
+        return f"{h * 60:.0f} min"
+    return f"{h * 3600:.0f} s"
+
+
+def duration_zh(h: float) -> str:
+    if h >= 1:
+        return f"{hours_text(h)}小时"
+    if h * 60 >= 1:
+        return f"{h * 60:.0f}分钟"
+    return f"{h * 3600:.0f}秒"
+
+
 class MeanStd:
     """Mean and standard deviation of the last ``size`` values.
 

@@ -15,7 +15,8 @@ from ingest.detectors.common import (
     FlowState,
     Quantum,
     SortedWindow,
-    hours_text,
+    duration_en,
+    duration_zh,
     is_parameter,
     num,
     window,
@@ -223,10 +224,10 @@ class FlatLineDetector(Detector):
         return Alert(
             rule=self.rule, severity=sev, site=site, instrument=inst,
             start=r.start, end=r.last,
-            summary_en=(f"{sig} reported exactly {v} for {hours_text(hours)} h "
+            summary_en=(f"{sig} reported exactly {v} for {duration_en(hours)} "
                         f"({r.n} samples){floor_en}{run_en}: analyzer stuck, or data frozen "
                         "or fabricated."),
-            summary_zh=(f"{sig}连续{hours_text(hours)}小时（{r.n}个数据）数值恒定为{v}"
+            summary_zh=(f"{sig}连续{duration_zh(hours)}（{r.n}个数据）数值恒定为{v}"
                         f"{floor_zh}{run_zh}：疑似仪器卡死，或数据被冻结、伪造。"),
             evidence=ev, key=f"E4|{site}|{inst}|{sig}|flat",
         )
@@ -326,10 +327,10 @@ class FlatLineDetector(Detector):
         return Alert(
             rule=self.rule, severity=sev, site=site, instrument=inst, start=start, end=end,
             summary_en=(f"{sig} took only {len(vals)} distinct values ({shown}) in every "
-                        f"{hours_text(float(self.p['window_h']))} h window for "
-                        f"{hours_text(hours)} h: synthetic or frozen data."),
-            summary_zh=(f"{sig}在{hours_text(hours)}小时内，每{hours_text(float(self.p['window_h']))}"
-                        f"小时仅出现{len(vals)}个不同数值（{shown}）：疑似数据系人为生成或被冻结。"),
+                        f"{duration_en(float(self.p['window_h']))} window for "
+                        f"{duration_en(hours)}: synthetic or frozen data."),
+            summary_zh=(f"{sig}在{duration_zh(hours)}内，每{duration_zh(float(self.p['window_h']))}"
+                        f"仅出现{len(vals)}个不同数值（{shown}）：疑似数据系人为生成或被冻结。"),
             evidence=ev, key=f"E4|{site}|{inst}|{sig}|distinct",
         )
 
