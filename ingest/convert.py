@@ -100,6 +100,17 @@ class LineBuilder:
                 seen[key] = k + 1
                 ks.append(min(k, 999))
         isfinite = math.isfinite
+        vals = [x[0] for x in vq]
+        if (ks is None and set(map(type, vals)) == {float} and all(map(isfinite, vals))
+                and {x[1] for x in vq} <= _Q.keys()):
+            # The usual frame: finite floats, known flags, no same-millisecond repeats.
+            # One comprehension instead of the general loop below (same lines).
+            qmap = _Q
+            out = [
+                f"{p} value={v!r},quality={qmap[q]}{tail} {m * 1_000_000 + seq_off}"
+                for p, (v, q), m in zip(prefixes, vq, mss, strict=True)
+            ]
+            vq = []
         for i, (v, quality) in enumerate(vq):
             if type(v) is float and isfinite(v):
                 fv = f"value={v!r}"
