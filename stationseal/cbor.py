@@ -50,13 +50,6 @@ def head(major: int, n: int) -> bytes:
     raise CBORError(f"integer {n} does not fit in 64 bits")
 
 
-def half_exact(v: float) -> bool:
-    try:
-        return bool(_unpack_e(_pack_e(v))[0] == v)
-    except OverflowError:
-        return False
-
-
 def encode_float(v: float) -> bytes:
     if v != v:
         return b"\xf9\x7e\x00"
@@ -132,43 +125,6 @@ def decode(data: bytes) -> Any:
     except Exception as e:  # cbor2 raises several types; the caller needs one
         raise CBORError(f"not valid CBOR: {e}") from None
     return obj
-
-
-def _cbor2_agrees(obj: Any) -> bool:
-    """True when cbor2's canonical encoder is known to produce our bytes for ``obj``.
-
-    cbor2 (5.x) encodes half-precision-exact floats with 32768 <= |v| <= 65504 as single
-    precision; everything else it encodes as RFC 8949 core deterministic encoding does.
-    Only flat lists of scalars are scanned: callers check maps separately.
-    """
-    for x in obj:
-        t = type(x)
-        if t is float:
-            if 32768.0 <= abs(x) <= 65504.0 and _unpack_e(_pack_e(x))[0] == x:
-                return False
-        elif t is int:
-            if not -(2**64) <= x < 2**64:
-                return False  # a bignum tag decoded to int: not allowed in a frame
-        elif t is list:
-            if not _cbor2_agrees(x):
-                return False
-        elif t not in (str, bytes) and x is not None:
-            return False
-    return True
-
-
-def is_canonical_fast(data: bytes, obj: Any) -> bool:
-    """Same verdict as :func:`is_canonical` for arrays without maps, at C speed.
-
-    The ingest decodes every frame body, so re-encoding it in Python would cost more than
-    the signature check; cbor2's C encoder is used wherever it agrees with the rules above.
-    """
-    if type(obj) is list and _cbor2_agrees(obj):
-        try:
-            return bool(cbor2.dumps(obj, canonical=True) == data)
-        except Exception:
-            return False
-    return is_canonical(data, obj)
 
 
 def is_canonical(data: bytes, obj: Any) -> bool:

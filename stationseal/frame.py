@@ -290,8 +290,8 @@ def _rows_ok(recs: list[Any], nch: int) -> bool:
     return set(map(type, raws)) <= _RAW_TYPES
 
 
-def _check_rows_slowly(recs: list[Any], nch: int) -> bool:
-    """Raise FrameError naming the first bad reading (or return, if all are fine)."""
+def _raise_first_bad_row(recs: list[Any], nch: int) -> None:
+    """Raise FrameError naming the first bad reading (the column checks found one)."""
     for i, r in enumerate(recs):
         if type(r) is not list or len(r) != 5:
             raise FrameError("schema", f"readings[{i}] is not an array of 5 items")
@@ -310,7 +310,6 @@ def _check_rows_slowly(recs: list[Any], nch: int) -> bool:
             raise FrameError("schema", f"readings[{i}].quality {q!r} is not one character")
         if raw is not None and type(raw) is not bytes:
             raise FrameError("schema", f"readings[{i}].raw is neither bytes nor null")
-    return False
 
 
 def split_payload(payload: bytes) -> tuple[bytes, bytes]:
@@ -372,9 +371,8 @@ def decode(payload: bytes, materialize: bool = True) -> Frame:
     nch = len(channels)
     # Column-wise checks at C speed (a frame holds hundreds of readings); the per-item
     # loop runs only to name the first offending item when a column check fails.
-    exotic = False
     if recs and not _rows_ok(recs, nch):
-        exotic = _check_rows_slowly(recs, nch)
+        _raise_first_bad_row(recs, nch)
     readings: list[Reading] = []
     if materialize:
         readings = [
@@ -396,7 +394,7 @@ def decode(payload: bytes, materialize: bool = True) -> Frame:
             raise FrameError("schema", f"events[{i}] is not [instrument, offset, kind, detail]")
         events.append(Event(ev[0], ev[2], (created_ms + ev[1]) / 1000, ev[3]))
     # Canonical check. Events may hold maps: they go through the reference encoder; the
-    # rest (arrays of scalars, now type-checked) through cbor2's C encoder unless exotic.
+    # rest (arrays of scalars, now type-checked) through cbor2's C encoder.
     try:
         evs_bytes = cbor.encode(evs)
     except cbor.CBORError as e:
@@ -409,7 +407,7 @@ def decode(payload: bytes, materialize: bool = True) -> Frame:
         canonical = cbor2.dumps(b[:12], canonical=True) == prefix
     except Exception:
         canonical = False
-    if not canonical or exotic or _CBOR2_DIVERGES.search(prefix):
+    if not canonical or _CBOR2_DIVERGES.search(prefix):
         canonical = cbor.is_canonical(prefix, b[:12])
     if body[0] != 0x8D or not body.endswith(evs_bytes) or not canonical:
         raise FrameError("malformed", "body is not in canonical CBOR encoding")
