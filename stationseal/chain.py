@@ -112,9 +112,7 @@ class ChainTracker:
         self.drop_hashes: dict[int, bytes] = {}
         #: gap start -> (gap end, time first seen); reported once when overdue.
         self.pending: dict[int, tuple[int, float]] = {}
-        self.reported_gaps: list[tuple[int, int]] = []
         self.frames = 0
-        self.last_boot: bytes | None = None
 
     # -- observing -----------------------------------------------------------------
     def observe(self, f: Frame, now: float | None = None) -> tuple[bool, list[ChainIssue]]:
@@ -153,7 +151,6 @@ class ChainTracker:
         self._order.append(seq)
         while len(self._order) > HASH_WINDOW:
             self.recent.pop(self._order.popleft(), None)
-        self.last_boot = f.boot_id
 
         # Signed drop events cover ranges and carry the hash that links across them.
         for e in f.events:
@@ -233,7 +230,6 @@ class ChainTracker:
         for a, (b, t) in list(self.pending.items()):
             if now - t >= grace_s:
                 del self.pending[a]
-                self.reported_gaps.append((a, b))
                 out.append(self._issue("gap", a, first_seq=a, last_seq=b, count=b - a + 1))
         return out
 
