@@ -3,12 +3,14 @@
 ``crc16_hj212`` is the HJ 212 variant (initial ``crc >> 8`` before each byte), which is
 not the Modbus CRC although both use polynomial 0xA001: instrument vendors that borrowed
 the data-logger checksum for their RS-232 output use it, and public code often confuses
-the two.
+the two. It is the data-logger codec's own table-driven CRC, re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from stationseal.hj212.crc import crc16 as crc16_hj212
 
 
 def _crc_table() -> list[int]:
@@ -44,15 +46,6 @@ def crc16_modbus(data: bytes) -> int:
     crc = 0xFFFF
     for b in data:
         crc = (crc >> 8) ^ _TABLE[(crc ^ b) & 0xFF]
-    return crc
-
-
-def crc16_hj212(data: bytes) -> int:
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
     return crc
 
 
