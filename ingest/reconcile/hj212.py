@@ -369,7 +369,7 @@ class HJ212Reconciliation(Detector):
         """What analyzer ``a`` shows for ``sig`` over the report's window: valid values
         (or their mean), the flags, the origins."""
         flags: dict[str, int] = {}
-        o: list[Origin] = []  # made into Origins only for evidence (see _origins_of)
+        o: list[Origin] = []  # made into Origins only for evidence (see _merge_origins)
         bins_o: list[Origins] = []
         if item.suffix == "":
             valid: list[tuple[float, float]] = []
