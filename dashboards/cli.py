@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from dashboards.provisioning import (
 )
 from ingest.detectors.base import SiteInfo
 from stationseal.errors import UsageError
+from stationseal.records import from_rfc3339
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -220,12 +220,11 @@ def _time_arg(s: str, now: float, what: str) -> int:
     except ValueError:
         pass
     try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{what} {s!r}: not now, a duration (6h) or RFC 3339") from None
-    if dt.tzinfo is None:
-        raise UsageError(f"{what} {s!r}: give a UTC offset")
-    return int(dt.timestamp() * 1000)
+        return int(from_rfc3339(s) * 1000)
+    except ValueError as e:
+        raise UsageError(
+            f"{what} {s!r}: not now, a duration (6h) or RFC 3339 with a UTC offset ({e})"
+        ) from None
 
 
 def _var_choices(items: list[str]) -> dict[str, list[str]]:

@@ -737,3 +737,18 @@ def test_ingest_health_promql_runs_on_prometheus(prometheus: str) -> None:
             assert all(v["value"][1] not in ("NaN", "+Inf") for v in res), (expr, res)
             n += 1
     assert n >= 20, n
+
+
+def test_check_time_arguments() -> None:
+    """--from/--to take now, a duration back from now, or RFC 3339 with an offset."""
+    from dashboards.cli import _time_arg
+    from stationseal.errors import UsageError
+
+    now = 1_704_067_200.0
+    assert _time_arg("now", now, "--to") == 1_704_067_200_000
+    assert _time_arg("6h", now, "--from") == 1_704_067_200_000 - 6 * 3600 * 1000
+    assert _time_arg("2024-01-01T08:00:00+08:00", now, "--from") == 1_704_067_200_000
+    with pytest.raises(UsageError, match=r"^--from '2024-01-01T00:00:00': .*no UTC offset"):
+        _time_arg("2024-01-01T00:00:00", now, "--from")
+    with pytest.raises(UsageError, match=r"^--to 'yesterday': not now, a duration"):
+        _time_arg("yesterday", now, "--to")
