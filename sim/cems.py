@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ingest.detectors.base import SiteInfo
-from sim.envcommon import AR1, Record, SeqCounter, quantize
+from sim.envcommon import AR1, Record, SeqCounter, quantize, span_change
 from stationseal.records import Sample, SiteEvent
 
 #: Ultra-low emission limits for coal-fired power units (mg/m³ at 6 % O2).
@@ -91,12 +91,7 @@ def cems_series(
                 a = t + rng.uniform(8, 14) * 3600
                 maint = (a, a + rng.uniform(1, 3) * 3600)
         if day % 7 == 3 and abs(sec_of_day - 10 * 3600) < step_s / 2:
-            sig = rng.choice(list(span))
-            old = span[sig]
-            span[sig] = round(old * rng.uniform(0.97, 1.03), 4)
-            events.append(SiteEvent(t, site, instrument, "calibration_change",
-                                    {"signal": f"span_coeff.{sig}", "old": old,
-                                     "new": span[sig]}, seq.next()))
+            events.append(span_change(t, site, instrument, span, rng, seq))
         if maint is not None and abs(t - maint[0]) < step_s / 2:
             events.append(SiteEvent(t, site, instrument, "maintenance_start",
                                     {"reason": "monthly maintenance"}, seq.next()))

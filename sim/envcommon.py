@@ -51,3 +51,17 @@ class SeqCounter:
         o = (self.gateway, self.seq)
         self.seq += 1
         return o
+
+
+def span_change(t: float, site: str, instrument: str, span: dict[str, float],
+                rng: random.Random, seq: SeqCounter) -> SiteEvent:
+    """A routine calibration: one analyzer's span coefficient moves by up to 3 %.
+
+    Changes ``span`` in place and returns the sealed ``calibration_change`` event the
+    data logger records, so detectors see the step together with its explanation.
+    """
+    sig = rng.choice(list(span))
+    old = span[sig]
+    span[sig] = round(old * rng.uniform(0.97, 1.03), 4)
+    return SiteEvent(t, site, instrument, "calibration_change",
+                     {"signal": f"span_coeff.{sig}", "old": old, "new": span[sig]}, seq.next())

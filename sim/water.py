@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ingest.detectors.base import SiteInfo
-from sim.envcommon import AR1, Record, SeqCounter, quantize
+from sim.envcommon import AR1, Record, SeqCounter, quantize, span_change
 from stationseal.records import Sample, SiteEvent
 
 #: GB 18918-2002 class 1A effluent limits (mg/L).
@@ -71,12 +71,7 @@ def water_series(
         if maint is not None and abs(t - maint[1]) < step_s / 2:
             yield SiteEvent(t, site, instrument, "maintenance_end", {}, seq.next())
         if day % 7 == 5 and abs(sec - 9 * 3600) < step_s / 2:
-            sig = rng.choice(list(span))
-            old = span[sig]
-            span[sig] = round(old * rng.uniform(0.97, 1.03), 4)
-            yield SiteEvent(t, site, instrument, "calibration_change",
-                            {"signal": f"span_coeff.{sig}", "old": old, "new": span[sig]},
-                            seq.next())
+            yield span_change(t, site, instrument, span, rng, seq)
         h = sec / 3600
         diurnal = 1 + 0.25 * math.sin(2 * math.pi * (h - 7) / 24) \
             + 0.1 * math.sin(4 * math.pi * (h - 9) / 24)
