@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
+from ingest.detectors.hourly import VALID_FLAGS
 from stationseal import vehicle_results as vres
 from stationseal.records import Sample, SiteEvent
 
@@ -354,10 +355,6 @@ class TestAssembler:
         if any(not s.phase for s in rec.seconds):
             infer_phases(rec.method, rec.seconds)
         self.pending.setdefault(key, []).append(rec)
-
-
-#: Data flags of values a detector may judge (docs/records.md): normal and over range.
-VALID_FLAGS = frozenset({"N", "T"})
 
 
 def _seconds(samples: Sequence[Sample]) -> list[Second]:
