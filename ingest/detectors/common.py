@@ -27,6 +27,10 @@ FLOW_SIGNALS: dict[str, str] = {"stack_cems": "flow_m3h", "water_quality": "wate
 ENV_KINDS: tuple[str, ...] = ("stack_cems", "air_quality", "water_quality")
 ALL_KINDS: tuple[str, ...] = ("vehicle_inspection", *ENV_KINDS)
 
+#: Chinese names of the HJ 212 data flags, for alert texts.
+FLAGS_ZH: dict[str, str] = {"M": "维护", "D": "故障", "C": "校准", "F": "停运", "S": "手工输入",
+                            "T": "超量程", "B": "通讯异常", "N": "正常"}
+
 
 def num(x: float, digits: int = 4) -> float:
     """Round for evidence: enough digits to recompute a threshold, no float noise."""

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ingest.detectors.base import Alert, Detector, SiteInfo
 from ingest.detectors.common import (
     ENV_KINDS,
+    FLAGS_ZH,
     MEDIUM_HIGH,
     FlowState,
     hours_text,
@@ -27,9 +28,6 @@ from stationseal.records import QUALITY_FLAGS, Sample, SiteEvent, from_rfc3339
 LOG_OPEN = {"maintenance_start": "maintenance", "instrument_fault": "fault"}
 LOG_CLOSE = {"maintenance_end": "maintenance", "instrument_recovered": "fault"}
 FLAG_CHANGED = "flag_changed"
-
-_FLAGS_ZH = {"M": "维护", "D": "故障", "C": "校准", "F": "停运", "S": "手工输入", "T": "超量程",
-             "B": "通讯异常", "N": "正常"}
 
 
 @dataclass(slots=True)
@@ -206,7 +204,7 @@ class FlagAbuseDetector(Detector):
                final: bool) -> Alert:
         site, inst = key
         flags = "/".join(sorted(per.flags))
-        flags_zh = "、".join(f"{f}（{_FLAGS_ZH.get(f, f)}）" for f in sorted(per.flags))
+        flags_zh = "、".join(f"{f}（{FLAGS_ZH.get(f, f)}）" for f in sorted(per.flags))
         h = dur / HOUR
         has_flow = self._flow.has_flow(site)
         ev: dict[str, Any] = {
@@ -263,7 +261,7 @@ class FlagAbuseDetector(Detector):
             summary_en=(f"{sig}: flag changed from {old} to {new} {hours_text(late / HOUR)} h "
                         "after the data time: data re-flagged after the fact."),
             summary_zh=(f"{sig}：数据标记在数据时间{hours_text(late / HOUR)}小时后由{old}改为{new}"
-                        f"（{_FLAGS_ZH.get(str(new), new)}）：疑似事后篡改数据标记。"),
+                        f"（{FLAGS_ZH.get(str(new), new)}）：疑似事后篡改数据标记。"),
             evidence=ev, key=f"E6|{e.site}|{e.instrument}|{sig}|late_flag",
         )]
 

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ingest.detectors.base import Alert, Detector, SiteInfo
-from ingest.detectors.common import ENV_KINDS, Severity, hours_text, is_parameter, num, window
+from ingest.detectors.common import (
+    ENV_KINDS,
+    FLAGS_ZH,
+    Severity,
+    hours_text,
+    is_parameter,
+    num,
+    window,
+)
 from ingest.detectors.hourly import VALID_FLAGS, Origins
 from stationseal.hj212.codes import SIGNAL_TO_HJ212
 from stationseal.hj212.readings import REVISION_EVENT, logger_base
@@ -33,8 +41,6 @@ _KIND_OF_SUFFIX = {"": "real-time value (Rtd)", "minute": "minute mean (Avg)",
 _PLURAL = {"": "real-time values", "minute": "minute means", "hour": "hourly means",
            "day": "daily means"}
 _KIND_ZH = {"": "实时值", "minute": "分钟均值", "hour": "小时均值", "day": "日均值"}
-_FLAGS_ZH = {"M": "维护", "D": "故障", "C": "校准", "F": "停运", "S": "手工输入", "T": "超量程",
-             "B": "通讯异常", "N": "正常"}
 _PERIODS = {"hour": 3600.0, "day": 86400.0}
 _MAX_EXAMPLES = 5
 
@@ -652,7 +658,7 @@ class HJ212Reconciliation(Detector):
         x = run.extra
         code = _code(x["kind"], sig)
         flags = "/".join(sorted(x["flags"]))
-        flags_zh = "、".join(f"{f}（{_FLAGS_ZH.get(f, f)}）" for f in sorted(x["flags"]))
+        flags_zh = "、".join(f"{f}（{FLAGS_ZH.get(f, f)}）" for f in sorted(x["flags"]))
         over = x["over_limit"] > 0
         sev: Severity = "high" if over else "medium"
         ev: dict[str, Any] = {
