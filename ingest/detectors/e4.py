@@ -21,10 +21,8 @@ from ingest.detectors.common import (
     num,
     window,
 )
-from ingest.detectors.hourly import HOUR, VALID_FLAGS, HourValues, Origins
+from ingest.detectors.hourly import DAY, HOUR, VALID_FLAGS, HourValues, Origins
 from stationseal.records import Sample, to_rfc3339
-
-DAY = 86400.0
 
 
 @dataclass(slots=True)

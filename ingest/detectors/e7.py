@@ -20,9 +20,7 @@ from ingest.detectors.common import (
     num,
     window,
 )
-from ingest.detectors.hourly import HourValues, Origins
-
-DAY = 86400.0
+from ingest.detectors.hourly import DAY, HourValues, Origins
 
 
 @dataclass(slots=True)

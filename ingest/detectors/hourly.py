@@ -18,6 +18,7 @@ from typing import Any
 from stationseal.records import Sample
 
 HOUR = 3600.0
+DAY = 86400.0
 
 #: Flags whose values are measurements (HJ 212 ``N`` normal, ``T`` over range: the value is
 #: real, only clipped). Values under any other flag (maintenance, calibration, fault...)
