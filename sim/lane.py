@@ -39,6 +39,7 @@ from typing import Any
 
 from sim import scenario
 from sim import vehicle as vm
+from sim.envcommon import quantize
 from stationseal import lanecodes as lc
 from stationseal import vehicle_results as vres
 
@@ -284,9 +285,9 @@ class _Weather:
     def reading(self, t: float) -> Row:
         n = random.Random(self.seed * 1_000_003 + math.floor(t))
         temp, rh, kpa = self.truth(t)
-        return {"ambient_temp_c": vm._q(temp + n.gauss(0.0, 0.05), 0.1),
-                "ambient_rh_pct": vm._q(min(100.0, max(0.0, rh + n.gauss(0.0, 0.3))), 0.1),
-                "ambient_kpa": vm._q(kpa + n.gauss(0.0, 0.01), 0.01)}
+        return {"ambient_temp_c": quantize(temp + n.gauss(0.0, 0.05), 0.1),
+                "ambient_rh_pct": quantize(min(100.0, max(0.0, rh + n.gauss(0.0, 0.3))), 0.1),
+                "ambient_kpa": quantize(kpa + n.gauss(0.0, 0.01), 0.01)}
 
 
 class LaneDriver:
@@ -588,24 +589,24 @@ class LaneDriver:
         if role == "analyzer":
             for k in ("co_pct", "hc_ppm", "no_ppm", "nox_ppm"):
                 if k in last:
-                    last[k] = vm._q(last[k] * f, 0.01 if k.endswith("_pct") else 1.0)
+                    last[k] = quantize(last[k] * f, 0.01 if k.endswith("_pct") else 1.0)
             if "co2_pct" in last:
-                last["co2_pct"] = vm._q(f * last["co2_pct"] + (1 - f) * 0.04, 0.01)
+                last["co2_pct"] = quantize(f * last["co2_pct"] + (1 - f) * 0.04, 0.01)
             if "o2_pct" in last:
-                last["o2_pct"] = vm._q(f * last["o2_pct"] + (1 - f) * vres.AIR_O2_PCT, 0.01)
+                last["o2_pct"] = quantize(f * last["o2_pct"] + (1 - f) * vres.AIR_O2_PCT, 0.01)
             if f < 1.0 and {"co2_pct", "co_pct", "o2_pct", "hc_ppm"} <= set(last):
                 carbon = last["co2_pct"] + last["co_pct"]
-                last["lambda"] = vm._q(vres.brettschneider(
+                last["lambda"] = quantize(vres.brettschneider(
                     last["co2_pct"], last["co_pct"], last["o2_pct"], last["hc_ppm"]), 0.001) \
                     if carbon > 1.0 else 0.0
         elif role == "opacimeter":
-            last["k_m1"] = vm._q(last.get("k_m1", 0.0) * f, 0.001)
-            last["opacity_pct"] = vm._q(vres.opacity_from_k(last["k_m1"]), 0.01)
+            last["k_m1"] = quantize(last.get("k_m1", 0.0) * f, 0.001)
+            last["opacity_pct"] = quantize(vres.opacity_from_k(last["k_m1"]), 0.01)
         elif role in ("dyno", "obd"):
             key = "speed_kmh" if role == "dyno" else "obd_speed_kmh"
             if dt >= _HOLD_S:
                 v = max(0.0, last.get(key, 0.0) * (1.0 - (dt - _HOLD_S) / 3.0))
-                last[key] = vm._q(v, 0.01 if role == "dyno" else 1.0)
+                last[key] = quantize(v, 0.01 if role == "dyno" else 1.0)
                 if role == "dyno":
                     last.update(target_speed_kmh=0.0, force_n=0.0, power_kw=0.0)
         else:
@@ -621,19 +622,19 @@ class LaneDriver:
             return {**w, "status": 0}
         if role == "analyzer":
             return {"hc_ppm": float(max(0, round(n.gauss(1.0, 1.0)))), "co_pct": 0.0,
-                    "co2_pct": vm._q(max(0.0, 0.04 + n.gauss(0.0, 0.01)), 0.01),
-                    "o2_pct": vm._q(20.9 + n.gauss(0.0, 0.02), 0.01), "no_ppm": 0.0,
+                    "co2_pct": quantize(max(0.0, 0.04 + n.gauss(0.0, 0.01)), 0.01),
+                    "o2_pct": quantize(20.9 + n.gauss(0.0, 0.02), 0.01), "no_ppm": 0.0,
                     "lambda": 0.0, "rpm": 0.0, "oil_temp_c": w["ambient_temp_c"], "status": 0}
         if role == "dyno":
             return {"speed_kmh": 0.0, "target_speed_kmh": 0.0, "power_kw": 0.0,
-                    "force_n": vm._q(n.gauss(0.0, 2.0), 1.0), "status": 0}
+                    "force_n": quantize(n.gauss(0.0, 2.0), 1.0), "status": 0}
         if role == "obd":
             return {"obd_rpm": 0.0, "obd_speed_kmh": 0.0, "obd_throttle_pct": 0.0,
                     "obd_lambda": 0.0, "obd_load_pct": 0.0, "obd_odometer_km": 0.0,
                     "status": 1}
         if role == "opacimeter":
-            k = vm._q(max(0.0, n.gauss(0.0, 0.003)), 0.001)
-            return {"k_m1": k, "opacity_pct": vm._q(vres.opacity_from_k(k), 0.01), "rpm": 0.0,
+            k = quantize(max(0.0, n.gauss(0.0, 0.003)), 0.001)
+            return {"k_m1": k, "opacity_pct": quantize(vres.opacity_from_k(k), 0.01), "rpm": 0.0,
                     "oil_temp_c": w["ambient_temp_c"], "status": 0}
         if role == "flowmeter":
             return {"flow_lps": 0.0, "flow_o2_pct": 20.9, "status": 0}

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sim.envcommon import quantize as _q
 from stationseal import vehicle_results as vres
 from stationseal.records import TEST_METHODS, Sample, SiteEvent, TestContext
 
@@ -315,11 +316,6 @@ def _ar(r: random.Random, n: int, sigma: float, phi: float) -> list[float]:
         out.append(x)
         x = phi * x + r.gauss(0.0, e)
     return out
-
-
-def _q(x: float, res: float) -> float:
-    """Quantize to an instrument's resolution, as its display/register does."""
-    return round(round(x / res) * res, 6)
 
 
 @dataclass(slots=True)
