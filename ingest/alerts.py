@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,15 @@ class AlertUpdate:
     def site(self) -> str:
         return str(self.doc["site"])
 
+    _body: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
     def body(self) -> bytes:
-        return json.dumps(self.doc, sort_keys=True, ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8")
+        """Serialised once: the state row, webhook outbox, JSONL file and MQTT publish all
+        send the same bytes, and ``doc`` is not changed after the update is made."""
+        if self._body is None:
+            self._body = json.dumps(self.doc, sort_keys=True, ensure_ascii=False,
+                                    separators=(",", ":")).encode("utf-8")
+        return self._body
 
 
 class AlertBook:
