@@ -27,7 +27,7 @@ from ingest.metrics import Metrics
 from ingest.store import Store
 from ingest.testcontext import LaneContexts
 from stationseal.chain import ChainTracker
-from stationseal.export import gateway_of_topic, line_for
+from stationseal.export import frames_topic, gateway_of_topic, line_for
 from stationseal.frame import Frame
 from stationseal.keys import KeyRegistry, RegistryError
 from stationseal.records import Sample, SiteEvent
@@ -216,8 +216,7 @@ class Pipeline:
             return "duplicate"
         self.metrics.inc("frames_total", result="fork" if branch else "accepted")
         if self.cfg.archive_dir is not None:
-            b.archive.append((received, line_for(topic or f"stationseal/v1/{gw}/frames",
-                                                 payload)))
+            b.archive.append((received, line_for(topic or frames_topic(gw), payload)))
         if self.engine is not None and not branch:
             self._feed(self.lanes.annotate(f, frame_records(f)))
         return "fork" if branch else "accepted"
