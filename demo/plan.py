@@ -187,12 +187,21 @@ def sites_yaml() -> dict[str, Any]:
 
 
 def central_config(info: StackInfo, *, registry: Path, state: Path, alerts: Path,
-                   sites: Path, params: Path) -> dict[str, Any]:
-    """CENTRAL.yaml for `stationseal ingest run`, pointing at the demo stack."""
+                   sites: Path, params: Path, central_key: Path | None = None,
+                   archive: Path | None = None) -> dict[str, Any]:
+    """CENTRAL.yaml for `stationseal ingest run`, pointing at the demo stack. With
+    ``central_key`` the receipt log signs checkpoints (every 10 s in the demo);
+    ``archive`` keeps every accepted frame as received, for evidence packages."""
     from ingest.config import config_from_stack, dump_config
 
+    extra: dict[str, Any] = {}
+    if central_key is not None:
+        extra["custody"] = {"key_file": str(central_key), "origin": "demo-central",
+                            "checkpoint_interval_s": 10.0}
+    if archive is not None:
+        extra["archive_dir"] = str(archive)
     cfg = config_from_stack(
-        info, registry, state,
+        info, registry, state, **extra,
         alerts={"jsonl": str(alerts)},
         detection={"enabled": True, "sites": str(sites), "params": str(params),
                    "reorder_s": 2.0, "finish_on_stop": True},

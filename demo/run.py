@@ -159,6 +159,9 @@ class Demo:
             reg.add(gw, kf.public_key.read_bytes(), valid_from=time.time() - 60)
             keys[gw] = kf.private_key
         reg.save(self.p("registry.json"))
+        # The central service's own key: signs the receipt log's checkpoints and the
+        # evidence packages' manifests.
+        generate_keypair("central", self.p("keys"))
         return keys
 
     def start_ingest(self, info: stack.StackInfo) -> None:
@@ -169,7 +172,8 @@ class Demo:
             "# gateway stamps readings in real time (see demo/plan.py).")
         central = plan.write_yaml(self.p("config", "central.yaml"), plan.central_config(
             info, registry=self.p("registry.json"), state=self.p("state", "ingest"),
-            alerts=self.p("alerts.jsonl"), sites=sites, params=params))
+            alerts=self.p("alerts.jsonl"), sites=sites, params=params,
+            central_key=self.p("keys", "central.key"), archive=self.p("state", "archive")))
         self.ingest = self.children.start(
             "ingest", [sys.executable, "-m", "stationseal.cli", "ingest", "run",
                        "--config", str(central), "--log-level", "info"])

@@ -222,6 +222,20 @@ class HJ212IngestConfig(_Strict):
         return self
 
 
+class CustodyConfig(_Strict):
+    """The receipt log is always kept; checkpoints are signed when ``key_file`` is set
+    (docs/evidence.md, deploy/ingest/README.md "central signing key")."""
+
+    key_file: Path | None = None
+    """The central service's Ed25519 private key (PEM, mode 0600), from
+    ``stationseal evidence key generate``."""
+    origin: str = Field(default="stationseal-central", min_length=1, max_length=64,
+                        pattern=r"^[A-Za-z0-9._-]+$")
+    """Names this central service in every checkpoint."""
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    checkpoint_max_receipts: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
 class IngestConfig(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     influx: InfluxConfig = InfluxConfig()
@@ -238,6 +252,7 @@ class IngestConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     detection: DetectionConfig = DetectionConfig()
     metrics: MetricsConfig = MetricsConfig()
+    custody: CustodyConfig = CustodyConfig()
     hj212: HJ212IngestConfig | None = None
     """TCP listener for HJ 212 loggers of legacy sites (started by worker 0)."""
 

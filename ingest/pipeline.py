@@ -69,6 +69,9 @@ class Batch:
     alert_rows: list[tuple[str, str, int, float, float]] = field(default_factory=list)
     alert_updates: list[AlertUpdate] = field(default_factory=list)
     archive: list[tuple[float, str]] = field(default_factory=list)
+    #: Receipt log entries (frame_hash, gateway, seq, received_ms) of the new frames,
+    #: committed with the chain state (ingest/custody/log.py).
+    receipts: list[tuple[bytes, str, int, int]] = field(default_factory=list)
     messages: int = 0
     frames: int = 0
     readings: int = 0
@@ -215,6 +218,7 @@ class Pipeline:
             self.metrics.inc("frames_total", result="duplicate")
             return "duplicate"
         self.metrics.inc("frames_total", result="fork" if branch else "accepted")
+        b.receipts.append((f.frame_hash, gw, f.seq, int(received * 1000)))
         if self.cfg.archive_dir is not None:
             b.archive.append((received, line_for(topic or frames_topic(gw), payload)))
         if self.engine is not None and not branch:

@@ -36,6 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.alerts import AlertUpdate, JsonlSink, WebhookDelivery
 from ingest.config import IngestConfig, shard_of
+from ingest.custody.service import open_receipt_log
 from ingest.engine_hook import make_engine
 from ingest.influx import ReliableWriter, Stopped, make_writer
 from ingest.metrics import Metrics, MetricsServer
@@ -60,6 +61,7 @@ class Committer:
         self.writer = ReliableWriter(self.raw, max_backoff_s=cfg.influx.max_backoff_s,
                                      stop=stop, on_state=self._on_state)
         self.jsonl = JsonlSink(cfg.alerts.jsonl) if cfg.alerts.jsonl else None
+        self.custody = open_receipt_log(cfg, store)
         metrics.set("influx_up", 1)
 
     def _on_state(self, up: bool, err: str | None) -> None:
@@ -89,13 +91,24 @@ class Committer:
                 log.error("InfluxDB refused a line (kept in state db): %s: %s", err, ln[:200])
         if self.cfg.archive_dir is not None:
             write_archive(self.cfg.archive_dir, b.archive)
-        self.store.commit_batch(b.chain, b.outbox, rejected, b.alert_rows)
+        self.store.commit_batch(b.chain, b.outbox, rejected, b.alert_rows, b.receipts)
+        try:
+            self.custody.maybe_checkpoint()
+        except Exception:
+            # The receipts are committed; the next commit tries the checkpoint again.
+            log.exception("signing a checkpoint failed")
         if self.jsonl is not None:
             self.jsonl.write(b.alert_updates)
         self.metrics.inc("readings_total", b.readings)
         return b.alert_updates
 
     def close(self) -> None:
+        """A last checkpoint, so everything received so far is covered when the service
+        stops (an export or evidence package made now need not wait for the next one)."""
+        try:
+            self.custody.maybe_checkpoint(force=True)
+        except Exception:
+            log.exception("signing the final checkpoint failed")
         self.raw.close()
 
 

@@ -112,7 +112,10 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        from ingest.custody.log import ensure_schema
+
         self._db().executescript(_SCHEMA)
+        ensure_schema(self._db())
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -161,10 +164,15 @@ class Store:
         outbox: list[tuple[str, bytes]],
         rejects: list[tuple[str, str]],
         alerts: list[tuple[str, str, int, float, float]],
+        receipts: list[tuple[bytes, str, int, int]] | None = None,
     ) -> None:
-        """Everything a written batch changes locally, in one transaction."""
+        """Everything a written batch changes locally, in one transaction (the receipts
+        too: nothing acknowledged is missing from the receipt log)."""
+        from ingest.custody.log import append
+
         now = time.time()
         with self.tx() as db:
+            append(db, receipts or [])
             db.executemany(
                 "INSERT INTO chain_state(gateway_id, state, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT(gateway_id) DO UPDATE SET state = excluded.state, "

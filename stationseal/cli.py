@@ -25,6 +25,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("ingest", "ingest.cli", "run the central service, import exports, inspect quarantine"),
     ("keys", "stationseal.keys_cli", "generate gateway keys and manage the key registry"),
     ("verify", "stationseal.verify_cli", "verify an exported frames file offline"),
+    ("evidence", "evidence.cli",
+     "evidence packages for alerts; the central key, checkpoints and receipts"),
     ("detect", "ingest.detectors.cli", "run the falsification detectors over records offline"),
     ("reconcile", "ingest.reconcile.cli",
      "compare vehicle test results a site reported with what its instruments measured"),
