@@ -2,6 +2,7 @@
 
   stationseal agent run --config SITE.yaml [--output file:PATH]
   stationseal agent status [--config SITE.yaml | --status-file PATH] [--json]
+  stationseal agent check-config [--config SITE.yaml]
   stationseal agent probe --host H --port P --unit U --type holding --address A --count N
   stationseal agent probe --serial-port /dev/ttyUSB0 --baudrate 9600 --unit U ...
 """
@@ -20,10 +21,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
     # `agent run --config SITE.yaml [--output file:PATH]` and `agent status`
     # (agent/run_cli.py; the runtime itself is imported only when they run)
-    from agent.run_cli import register_run, register_status
+    from agent.run_cli import register_check, register_run, register_status
 
     register_run(sub)
     register_status(sub)
+    register_check(sub)
 
     pr = sub.add_parser("probe", help="read registers once; print raw values and decodings "
                         "in all four word orders")

@@ -320,3 +320,58 @@ def load_site_config(path: str | Path) -> SiteConfig:
     cfg = parse_site_config(read_yaml(p), str(p), p.resolve().parent)
     cfg._source = p.resolve()
     return cfg
+
+
+def preflight(cfg: SiteConfig, *, uplink: bool = True) -> tuple[list[str], list[str]]:
+    """Every file and directory the site config refers to, checked before the agent
+    starts (``agent check-config`` and ``agent run``): ``(errors, warnings)``, one line
+    each naming the setting and the path. Errors stop the agent with exit code 2: a
+    gateway that cannot sign, store or connect must say why at once, not after a
+    traceback in the journal."""
+    from stationseal import preflight as pf
+    from stationseal.signing import SigningError, load_signer
+
+    errs: list[str | None] = []
+    warns: list[str | None] = []
+    err = pf.secret_file(cfg.key_file, "key_file")
+    if err is None:
+        try:
+            load_signer(cfg.key_file)
+        except SigningError as e:
+            err = f"key_file: {e}"
+    errs.append(err)
+    up = cfg.uplink
+    if not uplink:
+        pass
+    elif isinstance(up, MqttUplink):
+        if up.tls is not None:
+            errs.append(pf.ca_file(up.tls.ca, "uplink.tls.ca"))
+            errs += pf.cert_and_key(up.tls.cert, up.tls.key, "uplink.tls.cert/key")
+            if up.tls.key is not None:
+                warns.append(pf.secret_mode_warning(up.tls.key, "uplink.tls.key"))
+        if up.password_file is not None:
+            errs.append(pf.secret_file(up.password_file, "uplink.password_file"))
+            warns.append(pf.secret_mode_warning(up.password_file, "uplink.password_file"))
+    else:
+        errs.append(pf.writable_file(up.path, "uplink.path"))
+    errs.append(pf.writable_dir(cfg.outbox.path.parent, "outbox.path (its directory)"))
+    if cfg.outbox.path.exists():
+        errs.append(pf.writable_file(cfg.outbox.path, "outbox.path"))
+    if cfg.hj212 is not None and cfg.hj212.sm4_key_file is not None:
+        kf = cfg.hj212.sm4_key_file
+        err = pf.secret_file(kf, "hj212.sm4_key_file")
+        if err is None:
+            bad = pf.sm4_key_text(kf.read_text(encoding="utf-8"))
+            err = None if bad is None else f"hj212.sm4_key_file: {kf}: {bad}"
+        errs.append(err)
+        warns.append(pf.secret_mode_warning(kf, "hj212.sm4_key_file"))
+    for i, inst in enumerate(cfg.instruments):
+        t = inst.transport
+        if not isinstance(t, ModbusTcpTransport) and not Path(t.port).exists():
+            # An unplugged USB adapter is a fault the agent reports and rides out, not a
+            # reason to refuse to start: a warning only.
+            warns.append(f"instruments[{i}].transport.port: {t.port}: no such device now")
+    if cfg.hj212 is not None and cfg.hj212.serial is not None \
+            and not Path(cfg.hj212.serial.port).exists():
+        warns.append(f"hj212.serial.port: {cfg.hj212.serial.port}: no such device now")
+    return [e for e in errs if e], [w for w in warns if w]

@@ -34,6 +34,48 @@ def register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=cmd_run)
 
 
+def register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check-config", help="validate the site config and every file it "
+                       "names (keys, certificates, outbox directory); exit 2 if unusable",
+                       description="Load the site config and its instrument profiles, "
+                                   "then check every referenced file and directory the way "
+                                   "`agent run` does at start. Prints OK and exits 0, or "
+                                   "one line per problem and exits 2.")
+    p.add_argument("--config", default=_default_config(),
+                   help="site config YAML (default: $STATIONSEAL_CONFIG or "
+                        f"{DEFAULT_CONFIG})")
+    p.set_defaults(func=cmd_check)
+
+
+def _load_checked(path: str, *, uplink: bool = True) -> object:
+    """Site config loaded and preflighted; UsageError (exit 2) naming every problem."""
+    from agent.config import ConfigError, load_site_config, preflight
+    from stationseal.cli import UsageError
+
+    try:
+        cfg = load_site_config(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: site config not found") from None
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    errors, warnings = preflight(cfg, uplink=uplink)
+    for w in warnings:
+        print(f"stationseal agent: warning: {path}: {w}", file=sys.stderr)
+    if errors:
+        raise UsageError("\n".join(f"{path}: {e}" for e in errors))
+    return cfg
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.config import SiteConfig
+
+    cfg = _load_checked(args.config)
+    assert isinstance(cfg, SiteConfig)
+    print(f"{args.config}: OK (gateway {cfg.gateway_id}, site {cfg.site}, "
+          f"{len(cfg.instruments)} instruments, uplink {cfg.uplink.type})")
+    return 0
+
+
 def register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show the running agent's instruments, outbox, uplink",
                        description="Read the status file the running agent writes next to "
@@ -48,7 +90,7 @@ def register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError, load_site_config
+    from agent.config import ConfigError, SiteConfig
     from agent.outbox import OutboxError
     from agent.runtime import Agent
     from stationseal.cli import UsageError
@@ -60,12 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        cfg = load_site_config(args.config)
-    except FileNotFoundError:
-        raise UsageError(f"{args.config}: site config not found") from None
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    # --output file:PATH replaces the configured uplink: its files do not matter then.
+    cfg = _load_checked(args.config, uplink=args.output is None)
+    assert isinstance(cfg, SiteConfig)
     try:
         agent = Agent.from_config(cfg, output=args.output)
         agent.open()

@@ -40,8 +40,21 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _preflight(cfg: IngestConfig, where: str) -> None:
+    """Every referenced file and directory checked up front: exit 2 naming each one that
+    is wrong, instead of a traceback from deep inside the first connect or commit."""
+    from ingest.config import preflight
+
+    errors, warnings = preflight(cfg)
+    for w in warnings:
+        print(f"stationseal ingest: warning: {where}: {w}", file=sys.stderr)
+    if errors:
+        raise _usage("\n".join(f"{where}: {e}" for e in errors))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    _preflight(cfg, args.config)
     _logging(args.log_level)
     if cfg.shard.count > 1 and args.shard is None:
         from ingest.supervisor import Supervisor
@@ -206,9 +219,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from stationseal.keys import KeyRegistry, RegistryError
 
     cfg = _load(args)
+    _preflight(cfg, args.config)
     try:
         reg = KeyRegistry.load(cfg.registry)
         make_engine(cfg.detection)
+        if cfg.hj212 is not None:
+            for lg in cfg.hj212.loggers:
+                lg.resolved_key()
     except (RegistryError, ConfigError) as e:
         raise _usage(str(e)) from None
     print(json.dumps(dump_config(cfg), indent=2, default=str))

@@ -350,3 +350,61 @@ def config_from_stack(info: Any, registry: Path, state_dir: Path, **over: Any) -
 def dump_config(cfg: IngestConfig) -> dict[str, Any]:
     """JSON-able form, e.g. to hand the same config to worker processes."""
     return cfg.model_dump(mode="json")
+
+
+def preflight(cfg: IngestConfig) -> tuple[list[str], list[str]]:
+    """Every file and directory the config refers to, checked before anything starts
+    (``check-config`` and ``run``): ``(errors, warnings)``, one line each, naming the
+    setting and the path. Errors stop the service with exit code 2."""
+    from stationseal import preflight as pf
+
+    errs: list[str | None] = []
+    warns: list[str | None] = []
+
+    def secret(path: Path | None, what: str) -> None:
+        if path is None:
+            return
+        errs.append(pf.secret_file(path, what))
+        warns.append(pf.secret_mode_warning(path, what))
+
+    m = cfg.mqtt
+    if m.tls is not None:
+        if m.tls.ca_file is not None:
+            errs.append(pf.ca_file(m.tls.ca_file, "mqtt.tls.ca_file"))
+        errs += pf.cert_and_key(m.tls.cert_file, m.tls.key_file, "mqtt.tls.cert_file/key_file")
+        if m.tls.key_file is not None:
+            warns.append(pf.secret_mode_warning(m.tls.key_file, "mqtt.tls.key_file"))
+    secret(m.password_file, "mqtt.password_file")
+    secret(cfg.influx.password_file, "influx.password_file")
+    secret(cfg.influx.token_file, "influx.token_file")
+    errs.append(pf.readable_file(cfg.registry, "registry"))
+    errs.append(pf.writable_dir(cfg.state_dir, "state_dir"))
+    if cfg.db_path.exists():
+        errs.append(pf.writable_file(cfg.db_path, "state_dir (state database)"))
+    if cfg.archive_dir is not None:
+        errs.append(pf.writable_dir(cfg.archive_dir, "archive_dir"))
+    if cfg.alerts.jsonl is not None:
+        errs.append(pf.writable_file(cfg.alerts.jsonl, "alerts.jsonl"))
+    for i, h in enumerate(cfg.alerts.webhooks):
+        secret(h.secret_file, f"alerts.webhooks[{i}].secret_file")
+    if cfg.detection.enabled:
+        if cfg.detection.sites is not None:
+            errs.append(pf.readable_file(cfg.detection.sites, "detection.sites"))
+        if cfg.detection.params is not None:
+            errs.append(pf.readable_file(cfg.detection.params, "detection.params"))
+    if cfg.hj212 is not None:
+        for i, lg in enumerate(cfg.hj212.loggers):
+            what = f"hj212.loggers[{i}] (MN {lg.mn})"
+            if lg.sm4_key_file is not None:
+                err = pf.secret_file(lg.sm4_key_file, f"{what}.sm4_key_file")
+                errs.append(err)
+                warns.append(pf.secret_mode_warning(lg.sm4_key_file, f"{what}.sm4_key_file"))
+                if err is None:
+                    bad = pf.sm4_key_text(lg.sm4_key_file.read_text(encoding="utf-8"))
+                    if bad:
+                        errs.append(f"{what}.sm4_key_file: {lg.sm4_key_file}: {bad}")
+            elif lg.sm4_key is not None:
+                bad = pf.sm4_key_text(lg.sm4_key)
+                if bad:
+                    errs.append(f"{what}.sm4_key: {bad}")
+    return [e for e in errs if e], [w for w in warns if w]
