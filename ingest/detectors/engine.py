@@ -16,8 +16,16 @@ Using it from a service::
 Merging: detectors re-emit an alert while a finding grows (a flat line getting longer, a
 week-long share creeping up). Every emission with the same :attr:`Alert.key` whose start
 lies within ``merge_gap_s`` of the previous end updates one alert (start = earliest, end =
-latest, severity = highest, text and evidence = newest) instead of adding one; a later
+latest, severity = highest, ``evidence`` = newest) instead of adding one; a later
 emission opens a new alert with the next id ``KEY#n``. Delivery upserts by that id.
+An update never discards evidence: the alert's :attr:`Alert.findings` keep every
+distinct finding (two V2 findings on one test both survive); a finding re-emitted as it
+grows replaces its earlier version with interval and origins widened to cover both.
+Alerts without explicit findings get one built from their ``evidence``.
+
+Sharing: the vehicle rules judge assembled tests; the engine assembles each test once for
+all of them (:class:`ingest.detectors.segments.TestHub`). Rules that set ``uses_health``
+share one :class:`ingest.detectors.health.HealthBook`, fed every record of their sites.
 
 Ordering: detectors need each instrument's samples in time order. Backfill after an outage
 arrives behind live data, so ``reorder_s`` holds each instrument's samples that long and
@@ -35,9 +43,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ingest.detectors import registry
-from ingest.detectors.base import Alert, Detector, SiteInfo
+from ingest.detectors.base import Alert, Detector, Finding, SiteInfo, finding_from_evidence
 from ingest.detectors.common import ALL_KINDS, SEVERITY_RANK
+from ingest.detectors.health import HealthBook
 from ingest.detectors.hourly import HourBin, hour_start
+from ingest.detectors.segments import PerTestDetector, TestHub
 from stationseal.records import Sample, SiteEvent, to_rfc3339
 
 
@@ -76,7 +86,8 @@ class _Merged:
     last_seen: float
 
     def snapshot(self, is_new: bool) -> AlertUpdate:
-        a = replace(self.alert, evidence=dict(self.alert.evidence))
+        a = replace(self.alert, evidence=dict(self.alert.evidence),
+                    findings=list(self.alert.findings))
         return AlertUpdate(self.id, a, is_new, self.update_count, self.first_seen, self.last_seen)
 
 
@@ -101,6 +112,8 @@ class _Routes:
     on_sample: list[Any] = field(default_factory=list)
     on_event: list[Any] = field(default_factory=list)
     on_hour: list[Any] = field(default_factory=list)
+    #: Feed the shared health book first (some detector of this kind consults it).
+    health: bool = False
 
 
 class DetectionEngine:
@@ -113,12 +126,15 @@ class DetectionEngine:
         merge_gap_s: float = 6 * 3600.0,
         reorder_s: float = 0.0,
         keep_history: bool = True,
+        share_tests: bool = True,
     ) -> None:
         """``params``: ``{rule: {parameter: value}}``; ``rules``: ids to run (None: all).
 
         Raises ValueError naming the rule/parameter for unknown rules, unknown parameters
         or values of the wrong type. ``keep_history=False`` keeps only the latest alert per
         key (a long-running service need not remember every alert it ever raised).
+        ``share_tests=False`` lets every vehicle rule assemble tests on its own (slower;
+        kept to measure what sharing saves).
         """
         reg = registry.discover()
         params = params or {}
@@ -133,15 +149,32 @@ class DetectionEngine:
         self.detectors: list[Detector] = [
             reg.rules[r].cls(sites, params.get(r)) for r in self.rules
         ]
+        self._params = {d.rule: d.p for d in self.detectors}
+        self._category = {d.rule: d.category for d in self.detectors}
+        #: Instrument health shared by the detectors that consult it (``uses_health``).
+        self.health = HealthBook()
+        for d in self.detectors:
+            if d.uses_health:
+                d.health = self.health
+                d.own_health = False
+        per_test = [d for d in self.detectors if isinstance(d, PerTestDetector)]
+        #: The one test assembly all vehicle rules share (None without vehicle rules).
+        self.tests: TestHub | None = TestHub(per_test) if per_test and share_tests else None
         self._routes: dict[str, _Routes] = {}
         for kind in ALL_KINDS:
             rt = _Routes()
+            if self.tests is not None and kind in PerTestDetector.kinds:
+                rt.on_sample.append(self.tests.on_sample)
+                rt.on_event.append(self.tests.on_event)
             for d in self.detectors:
                 if kind not in d.kinds:
                     continue
-                if _overrides(d, "on_sample"):
+                rt.health = rt.health or d.uses_health
+                hub = self.tests is not None and isinstance(d, PerTestDetector) \
+                    and kind in PerTestDetector.kinds
+                if _overrides(d, "on_sample") and not hub:
                     rt.on_sample.append(d.on_sample)
-                if _overrides(d, "on_event"):
+                if _overrides(d, "on_event") and not hub:
                     rt.on_event.append(d.on_event)
                 if d.uses_hours:
                     rt.on_hour.append(d.on_hour)
@@ -191,7 +224,10 @@ class DetectionEngine:
         info = self._site(e.site)
         self.stats.events += 1
         alerts: list[Alert] = []
-        for f in self._routes[info.kind].on_event:
+        rt = self._routes[info.kind]
+        if rt.health:
+            self.health.on_event(e)
+        for f in rt.on_event:
             alerts += f(e)
         return self._merge(alerts, e.time)
 
@@ -209,8 +245,14 @@ class DetectionEngine:
             for f in self._routes[self.sites[key[0]].kind].on_hour:
                 alerts += f(hv)
         self._bins.clear()
+        self.health.finish()
+        if self.tests is not None:
+            alerts += self.tests.finish()
         for d in self.detectors:
-            alerts += d.finish()
+            if self.tests is None or not isinstance(d, PerTestDetector):
+                alerts += d.finish()
+            elif set(d.kinds) - set(PerTestDetector.kinds):
+                alerts += d.finish_other_kinds()
         return self._merge(alerts, self._clock)
 
     def _judge(self, info: SiteInfo, s: Sample) -> list[Alert]:
@@ -225,6 +267,8 @@ class DetectionEngine:
             self._clock = s.time
         rt = self._routes[info.kind]
         alerts: list[Alert] = []
+        if rt.health:
+            self.health.on_sample(s)
         if rt.on_hour:
             hs = hour_start(s.time)
             b = self._bins.get(key)
@@ -249,13 +293,17 @@ class DetectionEngine:
             now = max(a.end for a in alerts)
         out: dict[str, AlertUpdate] = {}
         for a in alerts:
+            self._complete(a)
             m = self._active.get(a.key)
             if m is not None and a.start <= m.alert.end + self.merge_gap_s:
                 cur = m.alert
                 sev = cur.severity if SEVERITY_RANK[cur.severity] > SEVERITY_RANK[a.severity] \
                     else a.severity
+                findings = merge_findings(cur.findings, a.findings)
                 m.alert = replace(a, start=min(cur.start, a.start), end=max(cur.end, a.end),
-                                  severity=sev)
+                                  severity=sev, findings=findings)
+                if len(findings) > 1:
+                    m.alert.summary_en, m.alert.summary_zh = summarise(findings)
                 m.update_count += 1
                 m.last_seen = now
                 self.stats.updates += 1
@@ -272,6 +320,17 @@ class DetectionEngine:
             out[m.id] = m.snapshot(True)
         return list(out.values())
 
+    def _complete(self, a: Alert) -> None:
+        """Category from the rule, and a finding for an alert whose rule gave none."""
+        cat = self._category.get(a.rule)
+        if cat is not None and a.category == "falsification":
+            a.category = cat
+        if not a.findings:
+            a.findings = [finding_from_evidence(a, self._params.get(a.rule))]
+        for f in a.findings:
+            if f.category != a.category and f.category == "falsification":
+                f.category = a.category
+
     def alerts(self) -> list[AlertUpdate]:
         """Every merged alert so far (only the latest per key with ``keep_history=False``),
         ordered by start time, rule and site."""
@@ -279,3 +338,28 @@ class DetectionEngine:
         snaps = [m.snapshot(m.update_count == 0) for m in ms]
         snaps.sort(key=lambda u: (u.alert.start, u.alert.rule, u.alert.site, u.id))
         return snaps
+
+
+def merge_findings(old: list[Finding], new: list[Finding]) -> list[Finding]:
+    """Every distinct finding of both lists; the same finding (``id``) merged, never lost."""
+    out = list(old)
+    index = {f.id: i for i, f in enumerate(out)}
+    for f in new:
+        i = index.get(f.id)
+        if i is None:
+            index[f.id] = len(out)
+            out.append(f)
+        else:
+            out[i] = out[i].merged_with(f)
+    return out
+
+
+def summarise(findings: list[Finding], show: int = 4) -> tuple[str, str]:
+    """One alert text for several findings: strongest first, each with its own numbers."""
+    order = sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.start))
+    en = " | ".join(f.summary_en for f in order[:show])
+    zh = "｜".join(f.summary_zh for f in order[:show])
+    if len(order) > show:
+        en += f" | and {len(order) - show} more finding(s)"
+        zh += f"｜另有 {len(order) - show} 项发现"
+    return en, zh

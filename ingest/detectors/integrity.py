@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from ingest.detectors.base import Alert, Detector, SiteInfo
+from ingest.detectors.base import Alert, Category, Detector, SiteInfo
 from ingest.detectors.common import ALL_KINDS, num
 from ingest.detectors.hourly import VALID_FLAGS, origins_of
 from stationseal.chain import ChainIssue
@@ -45,6 +45,7 @@ class _IntegrityRule(Detector):
     """Shared behaviour: event name -> alert, raised during tests and exceedances."""
 
     kinds: ClassVar[tuple[str, ...]] = ALL_KINDS
+    category: ClassVar[Category] = "integrity"
     EVENTS: ClassVar[tuple[str, ...]] = ()
     TEXT_EN: ClassVar[str] = ""
     TEXT_ZH: ClassVar[str] = ""

@@ -43,7 +43,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ingest.detectors.base import Alert, Detector, Severity, SiteInfo
+from ingest.detectors.base import (
+    Alert,
+    Detector,
+    Severity,
+    SiteInfo,
+    finding_from_evidence,
+    origin_runs,
+)
 from ingest.detectors.hourly import VALID_FLAGS
 from stationseal import vehicle_results as vres
 from stationseal.records import Sample, SiteEvent
@@ -485,7 +492,12 @@ def origins(seconds: Iterable[Second], limit: int = 500) -> dict[str, Any]:
 
 
 class PerTestDetector(Detector):
-    """A detector that judges completed tests (:meth:`on_test`); stateful per site/lane."""
+    """A detector that judges completed tests (:meth:`on_test`); stateful per site/lane.
+
+    Run on its own, it assembles tests itself. Inside the detection engine all per-test
+    detectors share one :class:`TestHub`: each test is assembled (and its health and
+    stream rates worked out) once, then handed to every rule.
+    """
 
     kinds: ClassVar[tuple[str, ...]] = ("vehicle_inspection",)
 
@@ -516,21 +528,77 @@ class PerTestDetector(Detector):
         """Cross-test findings still pending at end of stream."""
         return []
 
+    def finish_other_kinds(self) -> list[Alert]:
+        """End of stream for the site kinds other than vehicle inspection (a rule that also
+        watches other kinds; the engine's test hub finishes the vehicle part)."""
+        return []
+
     def test_alert(
         self, test: TestRecord, severity: Severity, summary_en: str, summary_zh: str,
         evidence: dict[str, Any], seconds: Sequence[Second] | None = None,
-        instrument: str = "",
+        instrument: str = "", *, check: str = "", thresholds: dict[str, Any] | None = None,
     ) -> Alert:
-        """An alert about one test, citing its frames (all its seconds unless given)."""
+        """An alert about one test, citing its frames (all its seconds unless given).
+
+        The alert carries one :class:`Finding` (``check``, the figures of ``evidence``,
+        ``thresholds`` and the threshold-named keys of ``evidence``, the rule's parameters,
+        the test's interval and the cited frames as runs of sequence numbers).
+        """
         ev = {"test_id": test.id, "method": test.method, "vehicle": test.vehicle,
               "lane": test.lane, "inferred_test": test.inferred, **evidence}
-        ev.update(origins(test.seconds if seconds is None else seconds))
+        cited = test.seconds if seconds is None else seconds
+        ev.update(origins(cited))
         if test.event_origins:
             ev["event_origins"] = [list(o) for o in test.event_origins]
-        return Alert(rule=self.rule, severity=severity, site=test.site,
-                     instrument=instrument or _lane_instrument(test), start=test.start,
-                     end=test.end, summary_en=summary_en, summary_zh=summary_zh, evidence=ev,
-                     test_id=test.id)
+        a = Alert(rule=self.rule, severity=severity, site=test.site,
+                  instrument=instrument or _lane_instrument(test), start=test.start,
+                  end=test.end, summary_en=summary_en, summary_zh=summary_zh, evidence=ev,
+                  test_id=test.id, category=self.category)
+        f = finding_from_evidence(a, self.p)
+        if check:
+            f.check = f.id = check
+        if thresholds:
+            f.thresholds.update(thresholds)
+        f.values.pop("origins_total", None)
+        f.values.pop("event_origins", None)
+        f.origins = origin_runs([*(o for s in cited for o in s.origins), *test.event_origins])
+        a.findings = [f]
+        return a
+
+
+class TestHub:
+    """One test assembly shared by every per-test rule (the engine's vehicle path).
+
+    Assembling a test — sorting its samples, merging instruments into seconds, inferring
+    method and phases, judging instrument health — is most of the cost of a vehicle rule;
+    done once here instead of once per rule, ten rules cost little more than one.
+    """
+
+    def __init__(self, detectors: Sequence[PerTestDetector]):
+        self.detectors = list(detectors)
+        self.assembler = TestAssembler()
+
+    def on_sample(self, s: Sample) -> list[Alert]:
+        tests = self.assembler.on_sample(s)
+        return self._judge(tests) if tests else []
+
+    def on_event(self, e: SiteEvent) -> list[Alert]:
+        tests = self.assembler.on_event(e)
+        return self._judge(tests) if tests else []
+
+    def finish(self) -> list[Alert]:
+        out = self._judge(self.assembler.finish())
+        for d in self.detectors:
+            out += d.on_finish()
+        return out
+
+    def _judge(self, tests: list[TestRecord]) -> list[Alert]:
+        out: list[Alert] = []
+        for t in tests:
+            if t.seconds or t.start_detail or t.end_detail:
+                for d in self.detectors:
+                    out += d.on_test(t)
+        return out
 
 
 def _lane_instrument(test: TestRecord) -> str:
