@@ -95,6 +95,11 @@ def run_worker(cfg: IngestConfig, shard: int = 0) -> int:
             break
     failed = svc.stop_event.is_set() and not stop.is_set()
     svc.stop()
+    if svc.fatal is not None:
+        from ingest.service import EXIT_FATAL
+
+        print(f"stationseal ingest: worker {shard} stopped: {svc.fatal}", file=sys.stderr)
+        return EXIT_FATAL
     return 1 if failed else 0
 
 
@@ -162,6 +167,11 @@ def cmd_q_list(args: argparse.Namespace) -> int:
               f"  {s['detail'][:80]}")
     counts = st.quarantine_counts()
     print("total: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    over = st.quarantine_overflow()
+    if over:
+        print(f"of which only counted (rate bound of the quarantine): "
+              f"{sum(o[3] for o in over)} payloads, {sum(o[4] for o in over)} bytes from "
+              f"{len({o[0] for o in over})} source(s)")
     return 0
 
 
@@ -173,6 +183,9 @@ def cmd_q_show(args: argparse.Namespace) -> int:
         return 1
     r = rows[0]
     d = r.summary()
+    if r.truncated:
+        d["note"] = (f"only the first {len(r.payload)} of {r.size} bytes were kept (size or "
+                     "rate bound of the quarantine); sha256 is of the whole payload")
     d["payload_base64"] = base64.b64encode(r.payload).decode()
     if args.hex:
         d["payload_hex"] = r.payload.hex()
@@ -197,10 +210,13 @@ def cmd_q_export(args: argparse.Namespace) -> int:
     from stationseal.export import frames_topic, line_for
 
     st = _store(args)
-    n = 0
+    n = skipped = 0
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     try:
         for r in st.quarantine_rows(**_filters(args), ids=args.ids or None):
+            if r.truncated:
+                skipped += 1  # a head and a digest are no frame `verify` could check
+                continue
             topic = r.topic or (frames_topic(r.gateway_id) if r.gateway_id else "")
             obj = json.loads(line_for(topic, r.payload))
             obj.update({"quarantine_id": r.id, "reason": r.reason, "detail": r.detail})
@@ -209,7 +225,9 @@ def cmd_q_export(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"exported {n} quarantined frame(s)", file=sys.stderr)
+    print(f"exported {n} quarantined frame(s)" + (
+        f"; {skipped} kept only as digest and first bytes not exported" if skipped else ""),
+        file=sys.stderr)
     return 0
 
 

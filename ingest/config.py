@@ -61,6 +61,17 @@ class MQTTConfig(_Strict):
     """Unacknowledged frames the broker may have in flight to this worker: the bound on
     what ingest holds in memory before it stops reading (backpressure)."""
     alerts_qos: Literal[0, 1] = 1
+    max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Largest payload taken in. A bigger one is never queued: its SHA-256 digest and
+    first bytes go to the quarantine (reason ``oversize``). Keep it equal to the broker's
+    ``message_size_limit`` (docs/security.md, "Bounds")."""
+    inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """Payload bytes received and not yet processed, at most; beyond it the network
+    thread waits (TCP backpressure), so memory stays bounded whatever the broker sends."""
+    gateway_inflight_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    """Share of ``inflight_bytes`` one gateway's topic may hold. QoS 0 messages beyond it
+    are summarised into the quarantine (digest, first bytes, reason ``overload``): a
+    gateway flooding without flow control cannot crowd out the others."""
 
     def resolved_password(self) -> str | None:
         return _secret(self.password, self.password_file, "mqtt.password_file")
@@ -236,6 +247,42 @@ class CustodyConfig(_Strict):
     checkpoint_max_receipts: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
+class QuarantineConfig(_Strict):
+    """Bounds of the quarantine per source (a gateway's topic, an HJ 212 peer address):
+    full payloads up to a byte budget and a rate; beyond them a SHA-256 digest and the
+    first bytes of each payload; beyond a second rate only a count per source and hour.
+    Nothing is dropped unrecorded, and no source can fill the disk (docs/security.md)."""
+
+    max_bytes_per_source_day: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Full payload bytes kept per source in any 24 hours."""
+    max_per_source_minute: int = Field(default=120, ge=0)
+    """Full payloads kept per source per minute (burst up to this many)."""
+    digest_per_source_minute: int = Field(default=600, ge=0)
+    """Digest rows per source per minute; beyond, an hourly count per source and reason."""
+    head_bytes: int = Field(default=256, ge=0, le=65536)
+    """First bytes of a payload kept beside its digest (enough to recognise the content)."""
+
+
+class SeriesConfig(_Strict):
+    max_new_per_gateway_day: int = Field(default=2000, ge=1)
+    """New InfluxDB series (measurement + tag set) one gateway may create per UTC day.
+    Lines for further new series are kept in the state database (``write_rejects``) with
+    an integrity alert instead of being written: a gateway, valid key or not, cannot
+    exhaust the database's series or tag-value limits for everyone else. Existing series
+    are never affected. A station has a few dozen series; a new instrument adds a few."""
+
+
+class DiskConfig(_Strict):
+    min_free_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    """Alert when a watched filesystem has less free space than this..."""
+    min_free_pct: float = Field(default=5.0, ge=0, le=100)
+    """...or less than this share free (whichever is reached first)."""
+    check_interval_s: float = Field(default=30.0, gt=0)
+    paths: list[Path] = []
+    """Watched besides ``state_dir`` and ``archive_dir``: e.g. the data directory of a
+    local InfluxDB (/var/lib/influxdb)."""
+
+
 class IngestConfig(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     influx: InfluxConfig = InfluxConfig()
@@ -253,6 +300,9 @@ class IngestConfig(_Strict):
     detection: DetectionConfig = DetectionConfig()
     metrics: MetricsConfig = MetricsConfig()
     custody: CustodyConfig = CustodyConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    series: SeriesConfig = SeriesConfig()
+    disk: DiskConfig = DiskConfig()
     hj212: HJ212IngestConfig | None = None
     """TCP listener for HJ 212 loggers of legacy sites (started by worker 0)."""
 
@@ -377,6 +427,7 @@ def preflight(cfg: IngestConfig) -> tuple[list[str], list[str]]:
     secret(m.password_file, "mqtt.password_file")
     secret(cfg.influx.password_file, "influx.password_file")
     secret(cfg.influx.token_file, "influx.token_file")
+    secret(cfg.custody.key_file, "custody.key_file")
     errs.append(pf.readable_file(cfg.registry, "registry"))
     errs.append(pf.writable_dir(cfg.state_dir, "state_dir"))
     if cfg.db_path.exists():

@@ -90,6 +90,12 @@ def event_line(e: Event, *, site: str, mn: str, qn: str, k: int = 0) -> str:
     return line("event", tags, {"detail": detail, "qn": qn}, point_ts(e.time, qn, k))
 
 
+def _src(conn: HJ212Connection) -> str:
+    """Quarantine accounting source of an unauthenticated peer: its address (not the
+    port, which a flooder changes with every connection)."""
+    return f"hj212:{conn.peer.rsplit(':', 1)[0]}"
+
+
 class _Seen:
     """(MN, CN, QN, PNO) of stored frames, in a small SQLite file of the state dir."""
 
@@ -207,7 +213,7 @@ class HJ212Ingest:
             self.store.quarantine, received=time.time(), source="hj212", topic=None,
             reason="malformed", detail=f"HJ 212 from {conn.peer}: {err.error}",
             payload=err.raw, gateway_id=None, site=self._site_of(conn.mn), seq=None,
-            key_id=None)
+            key_id=None, src=_src(conn))
         log.warning("HJ 212 from %s: undecodable bytes quarantined (#%d): %s", conn.peer, qid,
                     err.error)
 
@@ -226,7 +232,7 @@ class HJ212Ingest:
                 self.store.quarantine, received=now, source="hj212", topic=None,
                 reason="unknown_mn", detail=f"MN {frame.mn} is not in hj212.loggers "
                 f"(CN={frame.cn} QN={frame.qn} from {conn.peer})", payload=frame.raw,
-                gateway_id=None, site=None, seq=None, key_id=None)
+                gateway_id=None, site=None, seq=None, key_id=None, src=_src(conn))
             self.metrics.inc("hj212_frames_total", result="unknown_mn")
             log.warning("HJ 212 frame from unknown MN %s quarantined (#%d)", frame.mn, qid)
             return

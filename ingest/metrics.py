@@ -32,6 +32,12 @@ HELP: dict[str, tuple[str, str]] = {
     "webhook_deliveries_total": ("counter", "Webhook POST attempts, by result."),
     "registry_reloads_total": ("counter", "Key registry reloads, by result."),
     "backlog_messages": ("gauge", "Frames received but not yet acknowledged to the broker."),
+    "inbox_bytes": ("gauge", "Payload bytes received and waiting for the processor "
+                    "(bounded by mqtt.inflight_bytes)."),
+    "fatal_errors_total": ("counter", "Worker threads that died (the worker then exits "
+                           "non-zero and is restarted)."),
+    "disk_free_bytes": ("gauge", "Free bytes on the filesystem of each watched path "
+                        "(state_dir, archive_dir, disk.paths)."),
     "influx_up": ("gauge", "1 while InfluxDB writes succeed."),
     "mqtt_connected": ("gauge", "1 while connected to the broker."),
     "webhook_outbox": ("gauge", "Webhook deliveries waiting in the outbox."),

@@ -20,12 +20,16 @@ idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import shutil
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,15 +42,25 @@ from ingest.alerts import AlertUpdate, JsonlSink, WebhookDelivery
 from ingest.config import IngestConfig, shard_of
 from ingest.custody.service import open_receipt_log
 from ingest.engine_hook import make_engine
+from ingest.inbox import FairInbox
 from ingest.influx import ReliableWriter, Stopped, make_writer
 from ingest.metrics import Metrics, MetricsServer
 from ingest.pipeline import Batch, Pipeline, write_archive
-from ingest.store import Store
+from ingest.service_events import service_event
+from ingest.store import Digested, QuarantineLimits, Store
 from stationseal.export import gateway_of_topic
 
 log = logging.getLogger("stationseal.ingest")
 
-_Item = tuple[int, int, int, str, bytes, float]  # (conn gen, mid, qos, topic, payload, t)
+#: (conn gen, mid, qos, topic, payload, t, refusal reason or None): the payload is a
+#: :class:`Digested` summary when refused for size or load, b"" for other shards' topics.
+_Item = tuple[int, int, int, str, bytes, float, str | None]
+#: Work another thread hands to the processor (it alone touches the pipeline).
+_Control = Callable[[Pipeline], None]
+
+#: Exit code of a worker whose thread died (EX_SOFTWARE): systemd / the supervisor
+#: restart it; whatever it held unacknowledged is redelivered by the broker.
+EXIT_FATAL = 70
 
 
 class Committer:
@@ -123,14 +137,20 @@ class IngestService:
         if not 0 <= shard_index < self.shard_count:
             raise ValueError(f"shard index {shard_index} outside 0..{self.shard_count - 1}")
         self.stop_event = threading.Event()
+        #: Why the worker stopped on its own (a thread died): health false, exit non-zero.
+        self.fatal: str | None = None
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.db_path)
+        self.store.limits = QuarantineLimits.from_config(cfg.quarantine)
         self.metrics = Metrics({"shard": str(shard_index)} if self.shard_count > 1 else None)
         self.pipeline = Pipeline(cfg, self.store, self.metrics, source="mqtt",
                                  engine=make_engine(cfg.detection))
         self.committer = Committer(cfg, self.store, self.metrics, self.stop_event)
         self.webhooks = WebhookDelivery(self.store, cfg.alerts, self.stop_event, self.metrics)
-        self.inbox: queue.Queue[_Item] = queue.Queue()
+        self.inbox: FairInbox[_Item | _Control] = FairInbox(
+            cfg.mqtt.inflight_bytes, cfg.mqtt.gateway_inflight_bytes, self.stop_event)
+        #: Filesystems below their free-space bound: path -> free bytes (disk watch).
+        self.disk_low: dict[str, int] = {}
         self.writer_q: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
         self.writer_idle = threading.Event()
         self.writer_idle.set()
@@ -146,6 +166,7 @@ class IngestService:
         self.metrics.gauge_fn("backlog_messages", lambda: self.unacked)
         self.metrics.gauge_fn("mqtt_connected", lambda: 1 if self.connected.is_set() else 0)
         self.metrics.gauge_fn("webhook_outbox", self.store.outbox_size)
+        self.metrics.gauge_fn("inbox_bytes", lambda: self.inbox.bytes)
         #: HJ 212 listener for legacy sites (ingest/hj212_ingest.py): one per service
         self.hj212: Any = None
         if cfg.hj212 is not None and shard_index == 0:
@@ -224,10 +245,28 @@ class IngestService:
             log.error("broker refused an alert publish: %s", rc)
 
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        """Runs in paho's network thread: size checks before anything is kept, then the
+        fair, byte-bounded inbox (which may make this thread wait: backpressure)."""
         with self._unacked_lock:
             self.unacked += 1
-        self.inbox.put((self.gen, msg.mid, msg.qos, msg.topic, bytes(msg.payload),
-                        time.time()))
+        t = time.time()
+        topic = msg.topic
+        raw = msg.payload
+        item: _Item
+        if not self._owns(topic):
+            # Acknowledged in order with the others, never processed here: keep no bytes.
+            self.inbox.put(topic, (self.gen, msg.mid, msg.qos, topic, b"", t, None), 0)
+            return
+        head = self.cfg.quarantine.head_bytes
+        if len(raw) > self.cfg.mqtt.max_message_bytes:
+            item = (self.gen, msg.mid, msg.qos, topic, Digested(raw, head), t, "oversize")
+            self.inbox.put(topic, item, head)
+            return
+        payload = bytes(raw)
+        item = (self.gen, msg.mid, msg.qos, topic, payload, t, None)
+        if not self.inbox.put(topic, item, len(payload), droppable=msg.qos == 0):
+            item = (self.gen, msg.mid, msg.qos, topic, Digested(payload, head), t, "overload")
+            self.inbox.put(topic, item, head)
 
     # -- threads --------------------------------------------------------------------
     def _owns(self, topic: str) -> bool:
@@ -248,16 +287,23 @@ class IngestService:
             b = p.batch
             timeout = 0.5 if b.empty() else max(0.0, b.opened + interval - time.monotonic())
             try:
-                gen, mid, qos, topic, payload, t = self.inbox.get(timeout=timeout)
+                got = self.inbox.get(timeout=timeout)
             except queue.Empty:
-                gen = -1
-            if gen >= 0:
+                got = None
+            if callable(got):
+                got(p)
+            elif got is not None:
+                gen, mid, qos, topic, payload, t, refused = got
                 ack = (gen, mid, qos)
-                if self._owns(topic):
+                if refused is not None:
+                    self._refuse(topic, payload, t, ack, refused)
+                elif self._owns(topic):
                     try:
                         p.handle(topic, payload, t, ack)
                     except Exception:
                         # A bug must not lose the frame: keep it in quarantine as evidence.
+                        # If even that fails (disk full) the worker stops: nothing of
+                        # this batch is acknowledged, the broker redelivers it.
                         log.exception("processing a frame from %s failed", topic)
                         p._quarantine(topic, payload, t, "internal_error",
                                       "exception while processing; see the service log",
@@ -284,6 +330,27 @@ class IngestService:
             self.writer_q.put(p.seal())
         self.writer_q.put(None)
 
+    def _refuse(self, topic: str, payload: bytes, t: float, ack: tuple[int, int, int],
+                reason: str) -> None:
+        """A message refused before processing (``oversize``, ``overload``): its digest
+        and first bytes go to the quarantine, with an integrity event, and it is
+        acknowledged with its batch (the broker must not redeliver it for ever)."""
+        p = self.pipeline
+        b = p.batch
+        b.messages += 1
+        b.acks.append(ack)
+        size = payload.size if isinstance(payload, Digested) else len(payload)
+        if reason == "oversize":
+            detail = (f"{size} bytes exceed mqtt.max_message_bytes "
+                      f"({self.cfg.mqtt.max_message_bytes}); only the digest and first "
+                      "bytes are kept")
+        else:
+            detail = (f"QoS 0 message of {size} bytes while this topic already had "
+                      f"{self.cfg.mqtt.gateway_inflight_bytes} bytes waiting "
+                      "(mqtt.gateway_inflight_bytes); only the digest and first bytes are "
+                      "kept")
+        p._quarantine(topic, payload, t, reason, detail, None)
+
     def _writer(self) -> None:
         while True:
             b = self.writer_q.get()
@@ -298,9 +365,9 @@ class IngestService:
                 while self.writer_q.get() is not None:
                     pass
                 return
-            except Exception:
+            except Exception as e:
                 log.exception("committing a batch failed; stopping without acknowledging")
-                self.stop_event.set()
+                self._fail(f"writer: committing a batch failed: {type(e).__name__}: {e}")
                 while self.writer_q.get() is not None:
                     pass
                 return
@@ -333,23 +400,59 @@ class IngestService:
     # -- lifecycle ------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         influx_ok = self.committer.writer.up
-        ok = self.connected.is_set() and influx_ok and not self.stop_event.is_set()
-        return {
+        threads_ok = all(t.is_alive() for t in self._threads) or self.stop_event.is_set()
+        ok = (self.connected.is_set() and influx_ok and threads_ok and self.fatal is None
+              and not self.stop_event.is_set())
+        out: dict[str, Any] = {
             "ok": ok,
             "shard": f"{self.shard_index}/{self.shard_count}",
             "mqtt_connected": self.connected.is_set(),
             "influx_ok": influx_ok,
             "backlog": self.unacked,
+            "inbox_bytes": self.inbox.bytes,
             "last_commit_age_s": round(time.time() - self.last_commit, 3),
         }
+        if self.fatal is not None:
+            out["fatal"] = self.fatal
+        if self.disk_low:
+            out["disk_low"] = dict(self.disk_low)
+        return out
+
+    def _fail(self, why: str) -> None:
+        """A worker thread died: stop the whole worker, visibly. Its health turns false
+        at once and the process exits with :data:`EXIT_FATAL`, so systemd (or the
+        supervisor) restarts it; nothing unacknowledged is lost, the broker redelivers."""
+        if self.fatal is None:
+            self.fatal = why
+        log.critical("worker stops: %s", why)
+        self.metrics.inc("fatal_errors_total")
+        self.stop_event.set()
+        self.inbox.wake()
+
+    def _guarded(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                log.critical("thread %s died", name, exc_info=True)
+                self._fail(f"thread {name} died: {type(e).__name__}: {e}")
+                if name == "processor":
+                    # Let the writer finish what it holds (unacknowledged: redelivered).
+                    with contextlib.suppress(queue.Full):
+                        self.writer_q.put(None, timeout=30)
+                return
+            if not self.stop_event.is_set():
+                self._fail(f"thread {name} ended unexpectedly")
+        return run
 
     def start(self) -> IngestService:
         self.committer.prepare()
         if self.cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.cfg.metrics.host, self._metrics_port,
                                                 self.metrics.render, self.health).start()
-        for name, fn in (("processor", self._processor), ("writer", self._writer)):
-            t = threading.Thread(target=fn, name=name, daemon=True)
+        for name, fn in (("processor", self._processor), ("writer", self._writer),
+                         ("disk-watch", self._disk_watch)):
+            t = threading.Thread(target=self._guarded(name, fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self.webhooks.start()
@@ -360,6 +463,60 @@ class IngestService:
                                   properties=self._connect_props())
         self.client.loop_start()
         return self
+
+    # -- disk ---------------------------------------------------------------------
+    def _watched_paths(self) -> list[Path]:
+        paths = [self.cfg.state_dir]
+        if self.cfg.archive_dir is not None:
+            paths.append(self.cfg.archive_dir)
+        paths += self.cfg.disk.paths
+        return paths
+
+    def check_disk(self) -> dict[str, int]:
+        """Free bytes of each watched path's filesystem that is below its bound; each
+        filesystem going low raises one integrity alert, and one more when it recovers."""
+        d = self.cfg.disk
+        low: dict[str, int] = {}
+        for p in self._watched_paths():
+            probe = p
+            while not probe.exists() and probe.parent != probe:
+                probe = probe.parent
+            try:
+                st = shutil.disk_usage(probe)
+            except OSError:
+                continue
+            self.metrics.set("disk_free_bytes", st.free, path=str(p))
+            bound = max(d.min_free_bytes, st.total * d.min_free_pct / 100)
+            if st.free < bound:
+                low[str(p)] = st.free
+        for path, free in low.items():
+            if path not in self.disk_low:
+                self._alert_disk(path, free, True)
+        for path in self.disk_low:
+            if path not in low:
+                self._alert_disk(path, None, False)
+        self.disk_low = low
+        return low
+
+    def _alert_disk(self, path: str, free: int | None, low: bool) -> None:
+        d = self.cfg.disk
+        detail: dict[str, Any] = {"path": path, "min_free_bytes": d.min_free_bytes,
+                                  "min_free_pct": d.min_free_pct}
+        if low:
+            detail["free_bytes"] = free
+            log.error("low disk space: %s has %s bytes free", path, free)
+        else:
+            detail["recovered"] = True
+            log.warning("disk space recovered on %s", path)
+        kind = "low_disk" if low else "disk_recovered"
+        now = time.time()
+        self.inbox.put_control(
+            lambda p: service_event(p, kind, detail, scope=path, when=now))
+
+    def _disk_watch(self) -> None:
+        while not self.stop_event.is_set():
+            self.check_disk()
+            self.stop_event.wait(self.cfg.disk.check_interval_s)
 
     @property
     def metrics_port(self) -> int | None:

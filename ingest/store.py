@@ -9,12 +9,13 @@ MQTT message is acknowledged only after the transaction that records it has comm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,26 @@ CREATE TABLE IF NOT EXISTS quarantine (
     seq        INTEGER,
     key_id     TEXT,
     payload    BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine_overflow (
+    src        TEXT NOT NULL,
+    hour       INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    count      INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    last_digest BLOB NOT NULL,
+    PRIMARY KEY (src, hour, reason)
+);
+CREATE TABLE IF NOT EXISTS series (
+    key        TEXT PRIMARY KEY,
+    gateway_id TEXT NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_gateway ON series(gateway_id, first_seen);
+CREATE TABLE IF NOT EXISTS mqtt_session (
+    client_id  TEXT PRIMARY KEY,
+    expiry_s   INTEGER NOT NULL,
+    last_seen  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine(reason);
 CREATE INDEX IF NOT EXISTS quarantine_gateway ON quarantine(gateway_id);
@@ -64,6 +85,61 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 
+#: Columns added after the first release (migrated in place by :meth:`Store._migrate`).
+_QUARANTINE_EXTRA = (
+    ("src", "TEXT"),  # accounting source: "mqtt:<topic gateway>", "hj212:<peer address>"
+    ("size", "INTEGER"),  # full payload size (the payload column may hold only the head)
+    ("digest", "BLOB"),  # SHA-256 of the full payload
+    ("truncated", "INTEGER NOT NULL DEFAULT 0"),  # 1: payload holds only the first bytes
+)
+
+
+class Digested(bytes):
+    """The first bytes of a payload too large (or too many) to keep, with the full size and
+    SHA-256: what the quarantine stores instead of the payload. A ``bytes`` so it passes
+    through code that only forwards payloads."""
+
+    size: int
+    digest: bytes
+
+    def __new__(cls, payload: bytes | bytearray, head: int) -> Digested:
+        self = super().__new__(cls, payload[:head])
+        self.size = len(payload)
+        self.digest = hashlib.sha256(payload).digest()
+        return self
+
+
+@dataclass(slots=True)
+class QuarantineLimits:
+    """Per-source bounds of the quarantine (ingest.config.QuarantineConfig)."""
+
+    max_bytes_per_source_day: int = 64 * 1024 * 1024
+    max_per_source_minute: int = 120
+    digest_per_source_minute: int = 600
+    head_bytes: int = 256
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> QuarantineLimits:
+        return cls(cfg.max_bytes_per_source_day, cfg.max_per_source_minute,
+                   cfg.digest_per_source_minute, cfg.head_bytes)
+
+
+@dataclass(slots=True)
+class _Budget:
+    """One source's budgets: bytes of full payloads per hour for the last 24 hours, and
+    two token buckets (full rows, digest rows) refilled per minute."""
+
+    hours: dict[int, int] = field(default_factory=dict)
+    full_tokens: float = 0.0
+    digest_tokens: float = 0.0
+    t: float = 0.0
+
+    def day_bytes(self, hour: int) -> int:
+        for h in [h for h in self.hours if h <= hour - 24]:
+            del self.hours[h]
+        return sum(self.hours.values())
+
+
 @dataclass(slots=True)
 class QuarantineRow:
     id: int
@@ -77,6 +153,9 @@ class QuarantineRow:
     seq: int | None
     key_id: str | None
     payload: bytes
+    size: int | None = None
+    digest: bytes | None = None
+    truncated: bool = False
 
     def summary(self) -> dict[str, Any]:
         from stationseal.records import to_rfc3339
@@ -92,7 +171,9 @@ class QuarantineRow:
             "site": self.site,
             "seq": self.seq,
             "key_id": self.key_id,
-            "bytes": len(self.payload),
+            "bytes": len(self.payload) if self.size is None else self.size,
+            "sha256": (self.digest or hashlib.sha256(self.payload).digest()).hex(),
+            "truncated": self.truncated,
         }
 
 
@@ -115,7 +196,11 @@ class Store:
         from ingest.custody.log import ensure_schema
 
         self._db().executescript(_SCHEMA)
+        self._migrate()
         ensure_schema(self._db())
+        self.limits = QuarantineLimits()
+        self._budgets: dict[str, _Budget] = {}
+        self._budget_lock = threading.Lock()
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -140,6 +225,14 @@ class Store:
                 self.db.execute("COMMIT")
             else:
                 self.db.execute("ROLLBACK")
+
+    def _migrate(self) -> None:
+        db = self._db()
+        have = {r[1] for r in db.execute("PRAGMA table_info(quarantine)")}
+        for name, decl in _QUARANTINE_EXTRA:
+            if name not in have:
+                db.execute(f"ALTER TABLE quarantine ADD COLUMN {name} {decl}")
+        db.execute("CREATE INDEX IF NOT EXISTS quarantine_src ON quarantine(src, received)")
 
     def tx(self) -> Store._Tx:
         return Store._Tx(self._db())
@@ -195,6 +288,46 @@ class Store:
             )
 
     # -- quarantine -----------------------------------------------------------------
+    def _budget(self, src: str, now: float) -> _Budget:
+        b = self._budgets.get(src)
+        if b is None:
+            lim = self.limits
+            b = _Budget(full_tokens=lim.max_per_source_minute,
+                        digest_tokens=lim.digest_per_source_minute, t=now)
+            # What this source already has in the last 24 hours counts (a restart must
+            # not reset the budget).
+            for hour, nbytes in self._db().execute(
+                    "SELECT CAST(received / 3600 AS INTEGER), SUM(length(payload)) "
+                    "FROM quarantine WHERE src = ? AND received >= ? AND truncated = 0 "
+                    "GROUP BY 1", (src, now - 86400)):
+                b.hours[int(hour)] = int(nbytes or 0)
+            if len(self._budgets) > 100_000:  # unauthenticated sources: bound the map
+                self._budgets.clear()
+            self._budgets[src] = b
+        return b
+
+    def _admit(self, src: str, size: int, now: float, digested: bool) -> str:
+        """``full``, ``digest`` or ``count``: how much of this payload is kept."""
+        lim = self.limits
+        with self._budget_lock:
+            b = self._budget(src, now)
+            dt = max(0.0, now - b.t)
+            b.t = now
+            b.full_tokens = min(lim.max_per_source_minute,
+                                b.full_tokens + dt * lim.max_per_source_minute / 60)
+            b.digest_tokens = min(lim.digest_per_source_minute,
+                                  b.digest_tokens + dt * lim.digest_per_source_minute / 60)
+            hour = int(now // 3600)
+            if (not digested and b.full_tokens >= 1
+                    and b.day_bytes(hour) + size <= lim.max_bytes_per_source_day):
+                b.full_tokens -= 1
+                b.hours[hour] = b.hours.get(hour, 0) + size
+                return "full"
+            if b.digest_tokens >= 1:
+                b.digest_tokens -= 1
+                return "digest"
+            return "count"
+
     def quarantine(
         self,
         *,
@@ -208,15 +341,51 @@ class Store:
         site: str | None = None,
         seq: int | None = None,
         key_id: str | None = None,
+        src: str | None = None,
     ) -> int:
+        """Keep a refused payload as evidence, within the per-source bounds: the full
+        payload; past the budget or rate its digest and first bytes (``truncated``);
+        past a second rate only a count per source, hour and reason. Returns the row id
+        (0 when only counted). ``src`` is the accounting source; by default the gateway
+        of the topic (authenticated by the broker), not the one the payload claims."""
+        if src is None:
+            from stationseal.export import gateway_of_topic
+
+            src = f"{source}:{(gateway_of_topic(topic) if topic else None) or gateway_id or '-'}"
+        digested = isinstance(payload, Digested)
+        size = payload.size if isinstance(payload, Digested) else len(payload)
+        mode = self._admit(src, size, received, digested)
+        if mode == "full":
+            keep, digest, truncated = bytes(payload), hashlib.sha256(payload).digest(), 0
+        else:
+            d = payload if isinstance(payload, Digested) else Digested(payload,
+                                                                       self.limits.head_bytes)
+            keep, digest, truncated = bytes(d[: self.limits.head_bytes]), d.digest, 1
+        if mode == "count":
+            with self.tx() as db:
+                db.execute(
+                    "INSERT INTO quarantine_overflow(src, hour, reason, count, bytes, "
+                    "last_digest) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(src, hour, reason) "
+                    "DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes, "
+                    "last_digest = excluded.last_digest",
+                    (src, int(received // 3600), reason, size, digest))
+            return 0
         with self.tx() as db:
             cur = db.execute(
                 "INSERT INTO quarantine(received, source, topic, reason, detail, gateway_id,"
-                " site, seq, key_id, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " site, seq, key_id, payload, src, size, digest, truncated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (received, source, topic, reason, detail, gateway_id, site, seq, key_id,
-                 payload),
+                 keep, src, size, digest, truncated),
             )
             return int(cur.lastrowid or 0)
+
+    def quarantine_overflow(self) -> list[tuple[str, int, str, int, int, bytes]]:
+        """(src, hour, reason, count, bytes, last digest) of payloads only counted."""
+        return [(str(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4]), bytes(r[5]))
+                for r in self._db().execute(
+                    "SELECT src, hour, reason, count, bytes, last_digest "
+                    "FROM quarantine_overflow ORDER BY hour, src, reason")]
 
     def quarantine_rows(
         self,
@@ -242,7 +411,7 @@ class Store:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args += ids
         sql = ("SELECT id, received, source, topic, reason, detail, gateway_id, site, seq, "
-               "key_id, payload FROM quarantine")
+               "key_id, payload, size, digest, truncated FROM quarantine")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id"
@@ -250,14 +419,17 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         for r in self._db().execute(sql, args):
             yield QuarantineRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
-                                bytes(r[10]))
+                                bytes(r[10]), r[11], None if r[12] is None else bytes(r[12]),
+                                bool(r[13]))
 
     def quarantine_counts(self) -> dict[str, int]:
-        return {
-            r[0]: int(r[1])
-            for r in self._db().execute(
-                "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
-        }
+        """Payloads quarantined per reason, whether kept whole, as a digest or counted."""
+        out: dict[str, int] = {}
+        for r in self._db().execute(
+                "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason UNION ALL "
+                "SELECT reason, SUM(count) FROM quarantine_overflow GROUP BY reason"):
+            out[r[0]] = out.get(r[0], 0) + int(r[1])
+        return dict(sorted(out.items()))
 
     # -- webhook outbox -------------------------------------------------------------
     def outbox_due(self, now: float, limit: int = 50) -> list[OutboxRow]:
