@@ -214,9 +214,21 @@ class HJ212IngestConfig(_Strict):
     """Legacy sites without a gateway send HJ 212 straight to ingest (ingest/hj212_ingest.py).
     Their readings are stored unsigned (tag ``trust=unsigned``, docs/influx-schema.md)."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
+    """Loopback unless set: the listener accepts unauthenticated data, so exposing it to a
+    network is a decision the config must state (``0.0.0.0``, or one interface)."""
     port: int = Field(default=9212, ge=0, le=65535)
     """0 picks a free port (tests)."""
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    """A connection that sends nothing for this long is closed (loggers reconnect)."""
+    frame_timeout_s: float = Field(default=30.0, gt=0)
+    """A frame must be complete this long after its first byte; else its bytes are
+    quarantined as a truncated frame and the connection is closed."""
+    max_connections: int = Field(default=256, ge=1, le=65535)
+    """Open connections in total (also kept below the open-file limit minus a reserve,
+    so a flood never starves /healthz or the state database of descriptors)."""
+    max_per_address: int = Field(default=8, ge=1, le=65535)
+    """Open connections from one remote address."""
     loggers: list[HJ212LoggerConfig] = []
     """MN -> site. Frames from an MN not listed are quarantined (and answered)."""
     dedup_days: float = Field(default=30.0, gt=0)

@@ -178,8 +178,12 @@ class HJ212Ingest:
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        lst = HJ212Listener(self._on_frame, host=self.cfg.host, port=self.cfg.port,
-                            on_error=self._on_error, sm4_key=self._key)
+        c = self.cfg
+        lst = HJ212Listener(self._on_frame, host=c.host, port=c.port,
+                            on_error=self._on_error, sm4_key=self._key,
+                            idle_timeout_s=c.idle_timeout_s, frame_timeout_s=c.frame_timeout_s,
+                            max_connections=c.max_connections,
+                            max_per_address=c.max_per_address)
         try:
             loop.run_until_complete(lst.start())
         except OSError as e:
@@ -188,6 +192,9 @@ class HJ212Ingest:
             loop.close()
             return
         self._listener = lst
+        self.metrics.gauge_fn("hj212_connections", lambda: len(lst.connections))
+        self.metrics.gauge_fn("hj212_refused_connections", lambda: lst.refused)
+        self.metrics.gauge_fn("hj212_evicted_connections", lambda: lst.evicted)
         self._ready.set()
         try:
             loop.run_forever()
@@ -228,6 +235,7 @@ class HJ212Ingest:
         now = time.time()
         lg = self.loggers.get(frame.mn)
         if lg is None:
+            conn.trusted = False  # first to go when the listener is full
             qid = await asyncio.to_thread(
                 self.store.quarantine, received=now, source="hj212", topic=None,
                 reason="unknown_mn", detail=f"MN {frame.mn} is not in hj212.loggers "

@@ -34,6 +34,14 @@ HELP: dict[str, tuple[str, str]] = {
     "backlog_messages": ("gauge", "Frames received but not yet acknowledged to the broker."),
     "inbox_bytes": ("gauge", "Payload bytes received and waiting for the processor "
                     "(bounded by mqtt.inflight_bytes)."),
+    "hj212_connections": ("gauge", "Open connections of the HJ 212 listener."),
+    "hj212_refused_connections": ("gauge", "HJ 212 connections closed at once because a "
+                                  "connection cap was reached (since start)."),
+    "hj212_evicted_connections": ("gauge", "HJ 212 connections that never delivered an "
+                                  "accepted frame, closed to make room at the total cap."),
+    "hj212_frames_total": ("counter", "HJ 212 frames of legacy sites, by result."),
+    "hj212_readings_total": ("counter", "Unsigned readings of legacy sites written."),
+    "hj212_revisions_total": ("counter", "HJ 212 data re-sent with other values or flags."),
     "fatal_errors_total": ("counter", "Worker threads that died (the worker then exits "
                            "non-zero and is restarted)."),
     "disk_free_bytes": ("gauge", "Free bytes on the filesystem of each watched path "
