@@ -96,7 +96,7 @@ def run_import(cfg: IngestConfig, path: str | Path, *, progress: bool = True,
     t0 = time.monotonic()
 
     def flush() -> None:
-        b = pipe.seal()
+        b = com.seal(pipe)
         com.commit(b)
         res.readings += b.readings
         res.alerts += len(b.alert_updates)

@@ -42,6 +42,8 @@ HELP: dict[str, tuple[str, str]] = {
     "hj212_frames_total": ("counter", "HJ 212 frames of legacy sites, by result."),
     "hj212_readings_total": ("counter", "Unsigned readings of legacy sites written."),
     "hj212_revisions_total": ("counter", "HJ 212 data re-sent with other values or flags."),
+    "series_held_lines_total": ("counter", "Lines held back in the state database because "
+                                "their gateway reached series.max_new_per_gateway_day."),
     "fatal_errors_total": ("counter", "Worker threads that died (the worker then exits "
                            "non-zero and is restarted)."),
     "disk_free_bytes": ("gauge", "Free bytes on the filesystem of each watched path "

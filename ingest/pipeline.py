@@ -72,6 +72,11 @@ class Batch:
     #: Receipt log entries (frame_hash, gateway, seq, received_ms) of the new frames,
     #: committed with the chain state (ingest/custody/log.py).
     receipts: list[tuple[bytes, str, int, int]] = field(default_factory=list)
+    #: Lines held back instead of written (line, reason): kept in write_rejects
+    #: (ingest/series.py, the per-gateway cap on new series).
+    held: list[tuple[str, str]] = field(default_factory=list)
+    #: New series admitted by that cap (key, gateway, time), recorded with the commit.
+    series: list[tuple[str, str, float]] = field(default_factory=list)
     messages: int = 0
     frames: int = 0
     readings: int = 0

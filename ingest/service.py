@@ -46,6 +46,7 @@ from ingest.inbox import FairInbox
 from ingest.influx import ReliableWriter, Stopped, make_writer
 from ingest.metrics import Metrics, MetricsServer
 from ingest.pipeline import Batch, Pipeline, write_archive
+from ingest.series import SeriesGuard
 from ingest.service_events import service_event
 from ingest.store import Digested, QuarantineLimits, Store
 from stationseal.export import gateway_of_topic
@@ -76,6 +77,7 @@ class Committer:
                                      stop=stop, on_state=self._on_state)
         self.jsonl = JsonlSink(cfg.alerts.jsonl) if cfg.alerts.jsonl else None
         self.custody = open_receipt_log(cfg, store)
+        self.series = SeriesGuard(store, cfg.series.max_new_per_gateway_day)
         metrics.set("influx_up", 1)
 
     def _on_state(self, up: bool, err: str | None) -> None:
@@ -89,12 +91,22 @@ class Committer:
             wait_until(self.raw.ping, 30)
             self.raw.create_database()
 
+    def seal(self, p: Pipeline) -> Batch:
+        """Close the pipeline's batch, lines of series over the per-gateway cap held
+        back (ingest/series.py). On the pipeline's thread."""
+        self.series.filter(p.batch, p)
+        return p.seal()
+
     def commit(self, b: Batch) -> list[AlertUpdate]:
         """Write, then record locally. Raises :class:`Stopped` if shut down while
         InfluxDB is unreachable (the batch then stays unacknowledged)."""
         t0 = time.monotonic()
         retries0 = self.writer.retries
-        rejected = self.writer.write(b.lines)
+        try:
+            rejected = self.writer.write(b.lines)
+        except BaseException:
+            self.series.forget(b)
+            raise
         dt = time.monotonic() - t0
         self.metrics.observe("write_latency_seconds", dt)
         self.metrics.inc("write_retries_total", self.writer.retries - retries0)
@@ -105,7 +117,8 @@ class Committer:
                 log.error("InfluxDB refused a line (kept in state db): %s: %s", err, ln[:200])
         if self.cfg.archive_dir is not None:
             write_archive(self.cfg.archive_dir, b.archive)
-        self.store.commit_batch(b.chain, b.outbox, rejected, b.alert_rows, b.receipts)
+        self.store.commit_batch(b.chain, b.outbox, rejected + b.held, b.alert_rows,
+                                b.receipts, b.series)
         try:
             self.custody.maybe_checkpoint()
         except Exception:
@@ -323,11 +336,11 @@ class IngestService:
                    or time.monotonic() - b.opened >= interval
                    or (self.writer_idle.is_set() and self.inbox.empty()))
             if due:
-                self.writer_q.put(p.seal())
+                self.writer_q.put(self.committer.seal(p))
         if self.cfg.detection.finish_on_stop:
             p.finish_detection()
         if not p.batch.empty():
-            self.writer_q.put(p.seal())
+            self.writer_q.put(self.committer.seal(p))
         self.writer_q.put(None)
 
     def _refuse(self, topic: str, payload: bytes, t: float, ack: tuple[int, int, int],

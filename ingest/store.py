@@ -258,6 +258,7 @@ class Store:
         rejects: list[tuple[str, str]],
         alerts: list[tuple[str, str, int, float, float]],
         receipts: list[tuple[bytes, str, int, int]] | None = None,
+        series: list[tuple[str, str, float]] | None = None,
     ) -> None:
         """Everything a written batch changes locally, in one transaction (the receipts
         too: nothing acknowledged is missing from the receipt log)."""
@@ -266,6 +267,9 @@ class Store:
         now = time.time()
         with self.tx() as db:
             append(db, receipts or [])
+            if series:
+                db.executemany("INSERT OR IGNORE INTO series(key, gateway_id, first_seen) "
+                               "VALUES (?, ?, ?)", series)
             db.executemany(
                 "INSERT INTO chain_state(gateway_id, state, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT(gateway_id) DO UPDATE SET state = excluded.state, "
@@ -286,6 +290,16 @@ class Store:
                 " count = excluded.count, last_seen = excluded.last_seen",
                 alerts,
             )
+
+    # -- series -----------------------------------------------------------------------
+    def known_series(self, gateway_id: str) -> set[str]:
+        return {str(r[0]) for r in self._db().execute(
+            "SELECT key FROM series WHERE gateway_id = ?", (gateway_id,))}
+
+    def series_created_since(self, gateway_id: str, since: float) -> int:
+        return int(self._db().execute(
+            "SELECT COUNT(*) FROM series WHERE gateway_id = ? AND first_seen >= ?",
+            (gateway_id, since)).fetchone()[0])
 
     # -- quarantine -----------------------------------------------------------------
     def _budget(self, src: str, now: float) -> _Budget:
