@@ -35,6 +35,9 @@ class SiteInfo:
     lon: float | None = None
     limits: dict[str, float] = field(default_factory=dict)
     neighbours: list[str] = field(default_factory=list)
+    #: Configured sampling interval (s) per instrument id; streams not listed are judged
+    #: by the interval their samples show.
+    sample_interval_s: dict[str, float] = field(default_factory=dict)
 
 
 def origin_runs(pairs: Iterable[tuple[str, int] | list[Any]], limit: int = 2000
@@ -243,6 +246,8 @@ class Detector:
     #: every record; a detector run on its own (``own_health``) must feed its book itself
     #: (:meth:`observe_health`).
     uses_health: ClassVar[bool] = False
+    #: Site kinds whose records the health book needs (None: all of ``kinds``).
+    health_kinds: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, sites: dict[str, SiteInfo], params: dict[str, Any] | None = None):
         unknown = set(params or {}) - set(self.DEFAULTS)

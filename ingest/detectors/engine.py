@@ -159,7 +159,8 @@ class DetectionEngine:
                 d.own_health = False
         per_test = [d for d in self.detectors if isinstance(d, PerTestDetector)]
         #: The one test assembly all vehicle rules share (None without vehicle rules).
-        self.tests: TestHub | None = TestHub(per_test) if per_test and share_tests else None
+        self.tests: TestHub | None = TestHub(per_test, sites) if per_test and share_tests \
+            else None
         self._routes: dict[str, _Routes] = {}
         for kind in ALL_KINDS:
             rt = _Routes()
@@ -169,7 +170,7 @@ class DetectionEngine:
             for d in self.detectors:
                 if kind not in d.kinds:
                     continue
-                rt.health = rt.health or d.uses_health
+                rt.health = rt.health or (d.uses_health and kind in (d.health_kinds or d.kinds))
                 hub = self.tests is not None and isinstance(d, PerTestDetector) \
                     and kind in PerTestDetector.kinds
                 if _overrides(d, "on_sample") and not hub:
@@ -251,8 +252,6 @@ class DetectionEngine:
         for d in self.detectors:
             if self.tests is None or not isinstance(d, PerTestDetector):
                 alerts += d.finish()
-            elif set(d.kinds) - set(PerTestDetector.kinds):
-                alerts += d.finish_other_kinds()
         return self._merge(alerts, self._clock)
 
     def _judge(self, info: SiteInfo, s: Sample) -> list[Alert]:

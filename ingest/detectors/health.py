@@ -130,20 +130,27 @@ def physically_possible(signal: str, value: float) -> bool:
     return r is None or (r[0] <= value <= r[1] and math.isfinite(value))
 
 
+#: ``O2 + 20.9 × carbon / 15`` below this (%vol): the analyzer sees neither air nor exhaust.
+#: A quarter of the air/exhaust line: an analyzer scaled down (V5) or a bottle of span gas
+#: stays above it; a dead bench, a stopped pump or zero gas (nitrogen) falls below.
+NO_GAS_BELOW = 5.0
+
+
 def gas_possible(values: Mapping[str, float], tolerance_pct: float = 4.0) -> bool | None:
     """Whether an exhaust analyzer's O2 and carbon can come from air mixed with exhaust.
 
     Any mixture of ambient air (20.9 % O2, no carbon) and exhaust (≈ 15 % carbon, little
     O2) satisfies ``O2 + 20.9 × carbon / 15 ≈ 20.9`` (lean exhaust and rich exhaust stay
-    within a few %). Far below that line the analyzer is not sampling gas at all (dead,
-    pump stopped, zero gas); above 20.9 + tolerance it is broken. ``None`` when the
-    analyzer does not report both O2 and CO2.
+    within a few %). Below :data:`NO_GAS_BELOW` the analyzer is not sampling gas at all
+    (dead, pump stopped, zero gas); O2 above 20.9 + tolerance is a broken cell. (More
+    carbon than combustion gives is a real gas — span gas — and is left to V5/V6.)
+    ``None`` when the analyzer does not report both O2 and CO2.
     """
     if "o2_pct" not in values or "co2_pct" not in values:
         return None
     carbon = values["co2_pct"] + values.get("co_pct", 0.0) + 6e-4 * values.get("hc_ppm", 0.0)
     mix = values["o2_pct"] + AMBIENT_O2_PCT * carbon / EXHAUST_CARBON_PCT
-    return AMBIENT_O2_PCT - 2.5 * tolerance_pct <= mix <= AMBIENT_O2_PCT + 2.5 * tolerance_pct
+    return mix >= NO_GAS_BELOW and values["o2_pct"] <= AMBIENT_O2_PCT + tolerance_pct
 
 
 def air_dilution_consistent(co_co2_pct: float, o2_pct: float, tolerance_pct: float = 3.0
@@ -238,6 +245,21 @@ def constant_runs(values: Sequence[float | None], min_len: int) -> list[tuple[in
     return out
 
 
+def _zero_row(values: Mapping[str, float]) -> bool:
+    """Every channel exactly 0 although one of them cannot be (a dead device)."""
+    if len(values) < 2:
+        return False
+    for v in values.values():
+        if v != 0.0:
+            return False
+    return any(not physically_possible(k, 0.0) or k in DEAD_AT_ZERO or k in _GAS
+               for k in values)
+
+
+_GAS = frozenset({"o2_pct", "co2_pct"})
+_NO_GAS_SIGNALS = ("o2_pct", "co2_pct", "co_pct", "hc_ppm", "lambda")
+
+
 def assess(
     site: str, instrument: str, samples: Sequence[Sample], *,
     min_run: int = 3, ceilings: CeilingTracker | None = None, stream_key: str = "",
@@ -247,119 +269,154 @@ def assess(
     ``min_run`` samples in a row make a zero/all-zero/no-gas/saturated run (a single odd
     sample is noise); one sample suffices for *flagged* and *impossible*. ``ceilings``:
     learned sensor ceilings per stream (``stream_key + signal``), for *saturated*.
+
+    Cost: one pass per signal with the builtin min/max; the run searches only start when
+    a column's extremes say a fault is possible, so a healthy window costs little.
     """
     n = len(samples)
     if n == 0:
         return []
     faults: list[Fault] = []
-    times = [s.time for s in samples]
 
     def add(kind: FaultKind, signals: tuple[str, ...], i: int, j: int, **detail: Any) -> None:
-        faults.append(Fault(site, instrument, signals, kind, times[i], times[j - 1], j - i,
-                            detail, [s.origin for s in samples[i:j] if s.origin is not None]))
+        faults.append(Fault(site, instrument, signals, kind, samples[i].time,
+                            samples[j - 1].time, j - i, detail,
+                            [s.origin for s in samples[i:j] if s.origin is not None]))
 
-    signals = sorted({k for s in samples for k in s.values})
+    signals: dict[str, None] = {}
+    for s in samples:
+        for k in s.values:
+            signals.setdefault(k)
     # flagged by the instrument (D/B) — per signal
-    if any(s.flags for s in samples):
+    if any(s.flags and not FAULT_FLAGS.isdisjoint(s.flags.values()) for s in samples):
         for sig in signals:
             marks = [s.flags.get(sig, "N") in FAULT_FLAGS for s in samples]
             for i, j in _runs(marks):
                 add("flagged", (sig,), i, j, flag=samples[i].flags.get(sig))
     # all channels exactly zero while one of them cannot be
-    zero_rows = [len(s.values) >= 2 and all(v == 0.0 for v in s.values.values())
-                 and any(not physically_possible(k, 0.0) or k in DEAD_AT_ZERO
-                         or k in ("o2_pct", "co2_pct") for k in s.values)
-                 for s in samples]
-    zero_runs = [r for r in _runs(zero_rows) if r[1] - r[0] >= min_run]
-    for i, j in zero_runs:
-        add("all_zero", ("*",), i, j)
     in_zero_row: set[int] = set()
-    for i, j in zero_runs:
-        in_zero_row.update(range(i, j))
+    if any(_zero_row(s.values) for s in samples):
+        for i, j in _runs([_zero_row(s.values) for s in samples]):
+            if j - i >= min_run:
+                add("all_zero", ("*",), i, j)
+                in_zero_row.update(range(i, j))
+    cols: dict[str, list[float | None]] = {}
     for sig in signals:
-        col = [s.values.get(sig) for s in samples]
-        # physically impossible (outside the all-zero rows already reported)
+        col = cols[sig] = [s.values.get(sig) for s in samples]
+        present = [v for v in col if v is not None]
+        lo, hi = min(present), max(present)
         r = PHYSICAL_RANGE.get(sig)
-        if r is not None:
+        if r is not None and (lo < r[0] or hi > r[1] or hi != hi):
             bad = [v is not None and k not in in_zero_row and not (r[0] <= v <= r[1])
                    for k, v in enumerate(col)]
             for i, j in _runs(bad):
                 vals = [v for v in col[i:j] if v is not None]
                 add("impossible", (sig,), i, j, range=list(r),
                     min_value=min(vals), max_value=max(vals))
-        if sig in DEAD_AT_ZERO:
+        if sig in DEAD_AT_ZERO and lo <= 0.0 <= hi:
             zeros = [v == 0.0 and k not in in_zero_row for k, v in enumerate(col)]
             for i, j in _runs(zeros):
                 if j - i >= min_run:
                     add("zero", (sig,), i, j)
         # saturated: a constant at a learned ceiling, or a constant outside plausible range
-        for i, j in constant_runs(col, min_run):
-            v = col[i]
-            assert v is not None
-            if v == 0.0 and sig in DEAD_AT_ZERO:
-                continue
-            pr = PLAUSIBLE_RANGE.get(sig)
-            if pr is not None and not (pr[0] <= v <= pr[1]) and physically_possible(sig, v):
-                add("saturated", (sig,), i, j, value=v, plausible_range=list(pr))
-            elif ceilings is not None and ceilings.is_limit(stream_key + sig, v):
-                add("saturated", (sig,), i, j, value=v, ceiling=v)
+        pr = PLAUSIBLE_RANGE.get(sig)
+        outside = pr is not None and (lo < pr[0] or hi > pr[1])
+        limit = ceilings is not None and (ceilings.is_limit(stream_key + sig, hi)
+                                          or ceilings.is_limit(stream_key + sig, lo))
+        if outside or limit:
+            for i, j in constant_runs(col, min_run):
+                v = col[i]
+                assert v is not None
+                if (v == 0.0 and sig in DEAD_AT_ZERO) or not physically_possible(sig, v):
+                    continue
+                if pr is not None and not (pr[0] <= v <= pr[1]):
+                    add("saturated", (sig,), i, j, value=v, plausible_range=list(pr))
+                elif ceilings is not None and ceilings.is_limit(stream_key + sig, v):
+                    add("saturated", (sig,), i, j, value=v, ceiling=v)
     # exhaust analyzer sampling no gas at all
-    if "o2_pct" in signals and "co2_pct" in signals:
-        nogas = [k not in in_zero_row and gas_possible(s.values) is False
-                 for k, s in enumerate(samples)]
-        for i, j in _runs(nogas):
-            if j - i >= min_run:
-                add("no_gas", ("o2_pct", "co2_pct", "co_pct", "hc_ppm", "lambda"), i, j,
-                    mean_o2_pct=round(sum(s.values.get("o2_pct", 0.0)
-                                          for s in samples[i:j]) / (j - i), 3))
+    if "o2_pct" in cols and "co2_pct" in cols:
+        o2 = [v for v in cols["o2_pct"] if v is not None]
+        co2 = [v for v in cols["co2_pct"] if v is not None]
+        if o2 and co2 and min(o2) + AMBIENT_O2_PCT / EXHAUST_CARBON_PCT * min(co2) < NO_GAS_BELOW:
+            nogas = [k not in in_zero_row and gas_possible(s.values) is False
+                     for k, s in enumerate(samples)]
+            for i, j in _runs(nogas):
+                if j - i >= min_run:
+                    add("no_gas", _NO_GAS_SIGNALS, i, j,
+                        mean_o2_pct=round(sum(s.values.get("o2_pct", 0.0)
+                                              for s in samples[i:j]) / (j - i), 3))
     return faults
 
 
 class CeilingTracker:
     """Learns, per stream, the values at which a sensor clips (ceiling or floor).
 
-    A value ``v`` is a limit of a stream when it is the most extreme value the stream ever
-    reported and the stream's other readings approach it continuously: at least
-    ``min_approach`` readings within ``band`` (5 %) of ``v`` on the inner side. Clipping
-    produces exactly that (the true value crosses the ceiling gradually); a faked constant
-    does not (its neighbourhood is empty, or the stream goes beyond it).
+    Clipping leaves a point mass at the most extreme value a stream ever reports: the true
+    value crosses the ceiling gradually (the stream's other readings approach it), then
+    every reading above it is reported as the ceiling. So ``v`` is a limit of a stream
+    when it is the stream's maximum (minimum), was reported in at least ``min_episodes``
+    (2) separate windows (tests), at least ``min_approach`` (3) readings lie within
+    ``band`` (5 %) below (above) it, and the count at ``v`` is at least ``mass_ratio``
+    (5) times the mean count per distinct value in that band. A faked constant has no
+    approach, or the stream goes beyond it; a slowly varying reading at its running
+    maximum has no point mass.
     """
 
-    __slots__ = ("band", "min_approach", "streams")
+    __slots__ = ("band", "mass_ratio", "min_approach", "min_episodes", "streams")
 
-    def __init__(self, band: float = 0.05, min_approach: int = 3) -> None:
+    def __init__(self, band: float = 0.05, min_approach: int = 3, min_episodes: int = 2,
+                 mass_ratio: float = 5.0) -> None:
         self.band = band
         self.min_approach = min_approach
-        # key -> [max, count near max (below), min, count near min (above)]
-        self.streams: dict[str, list[float]] = {}
+        self.min_episodes = min_episodes
+        self.mass_ratio = mass_ratio
+        # key -> (max side, min side); each side: [extreme, count at it, episodes at it,
+        # {value: count} within the band on the inner side]
+        self.streams: dict[str, tuple[list[Any], list[Any]]] = {}
 
     def observe(self, key: str, values: Iterable[float]) -> None:
         vals = list(values)
         if not vals:
             return
         st = self.streams.get(key)
-        hi, lo = max(vals), min(vals)
         if st is None:
-            st = self.streams[key] = [hi, 0.0, lo, 0.0]
-        if hi > st[0]:
-            st[0], st[1] = hi, 0.0  # a new maximum: earlier approach counts no longer apply
-        if lo < st[2]:
-            st[2], st[3] = lo, 0.0
-        top, bot = st[0], st[2]
-        w_top = self.band * max(abs(top), 1.0)
-        w_bot = self.band * max(abs(bot), 1.0)
-        for v in vals:
-            if top - w_top <= v < top:
-                st[1] += 1
-            if bot < v <= bot + w_bot:
-                st[3] += 1
+            st = self.streams[key] = ([-math.inf, 0, 0, {}], [math.inf, 0, 0, {}])
+        for side, ext, sign in ((st[0], max(vals), 1.0), (st[1], min(vals), -1.0)):
+            if sign * ext > sign * side[0]:
+                # a new extreme: the old one and its band no longer count as a limit
+                side[0], side[1], side[2] = ext, 0, 0
+                side[3] = {v: c for v, c in side[3].items() if self._near(ext, v, sign)}
+            top = side[0]
+            at = 0
+            near: dict[float, int] = side[3]
+            for v in vals:
+                if v == top:
+                    at += 1
+                elif self._near(top, v, sign):
+                    near[v] = near.get(v, 0) + 1
+            if at:
+                side[1] += at
+                side[2] += 1
+            if len(near) > 256:  # bounded: keep the values closest to the extreme
+                keep = sorted(near, key=lambda v: abs(top - v))[:128]
+                side[3] = {v: near[v] for v in keep}
+
+    def _near(self, top: float, v: float, sign: float) -> bool:
+        d = sign * (top - v)
+        return 0.0 < d <= self.band * max(abs(top), 1.0)
 
     def is_limit(self, key: str, value: float) -> bool:
         st = self.streams.get(key)
         if st is None:
             return False
-        return (value == st[0] and st[1] >= self.min_approach) or \
-            (value == st[2] and st[3] >= self.min_approach)
+        for side in st:
+            if value != side[0] or side[2] < self.min_episodes:
+                continue
+            near = side[3]
+            n = sum(near.values())
+            if n >= self.min_approach and side[1] >= self.mass_ratio * n / len(near):
+                return True
+        return False
 
 
 # --------------------------------------------------------------------------- streaming

@@ -28,6 +28,7 @@ RULE_MODULES: tuple[str, ...] = (
     *(f"v{i}" for i in range(1, 11)),
     *(f"e{i}" for i in range(1, 9)),
     "integrity",
+    "faults",
     "ingest.reconcile.hj212",
 )
 

@@ -51,11 +51,22 @@ from ingest.detectors.base import (
     finding_from_evidence,
     origin_runs,
 )
+from ingest.detectors.health import (
+    FAULT_EVENTS,
+    RECOVERY_EVENTS,
+    CeilingTracker,
+    Fault,
+    assess,
+)
 from ingest.detectors.hourly import VALID_FLAGS
 from stationseal import vehicle_results as vres
 from stationseal.records import Sample, SiteEvent
 
 ALIGN_S = 0.1
+#: Signals whose sensor ceilings are learned per lane: those that clip in practice (an oil
+#: probe at its full scale, a humidity sensor at 100 % in fog) and that rules judge on
+#: being constant.
+CEILING_SIGNALS: tuple[str, ...] = ("oil_temp_c", "ambient_rh_pct")
 
 
 def lane_of(instrument: str, test_lane: str | None = None) -> str:
@@ -99,6 +110,14 @@ class TestRecord:
     seconds: list[Second] = field(default_factory=list)
     #: (gateway, seq) of the lane's test_start / test_end events.
     event_origins: list[tuple[str, int]] = field(default_factory=list)
+    #: Whether the lane labelled the phases (else they were inferred from the signals).
+    phases_from_lane: bool = False
+    #: Each instrument's samples, in time order.
+    streams: dict[str, list[Sample]] = field(default_factory=dict)
+    #: Each instrument's sampling interval (s): configured for the site, else as seen.
+    intervals: dict[str, float] = field(default_factory=dict)
+    #: Instrument faults found in the test (their values are left out of ``seconds``).
+    faults: list[Fault] = field(default_factory=list)
 
     @property
     def start(self) -> float:
@@ -136,7 +155,23 @@ class TestRecord:
     def scored(self) -> list[Second]:
         return [s for s in self.seconds if s.phase in vres.SCORED_PHASES]
 
+    def slim(self, *signals: str) -> TestRecord:
+        """A light copy for rules that hold tests across a run of tests: only the first and
+        last sample (its interval) and the seconds carrying ``signals``."""
+        keep = [sec for sec in self.seconds if any(x in sec.values for x in signals)]
+        return TestRecord(self.id, self.site, self.lane, self.method, self.vehicle,
+                          self.inferred, self.samples[:1] + self.samples[-1:],
+                          self.start_detail, self.end_detail, self.start_event_time,
+                          self.end_event_time, keep, self.event_origins,
+                          self.phases_from_lane, {}, dict(self.intervals), list(self.faults))
+
+    def healthy(self, *signals: str) -> bool:
+        """No instrument fault touched any of ``signals`` during the test."""
+        return not any(f.affects(sig) for f in self.faults for sig in signals)
+
     def by_instrument(self) -> dict[str, list[Sample]]:
+        if self.streams:
+            return self.streams
         out: dict[str, list[Sample]] = {}
         for s in self.samples:
             out.setdefault(s.instrument, []).append(s)
@@ -185,7 +220,13 @@ class TestAssembler:
     instruments have all reported past them, or at end of stream.)
     """
 
-    def __init__(self, gap_s: float = 30.0, grace_s: float = 5.0, max_hold_s: float = 3600.0):
+    def __init__(self, gap_s: float = 30.0, grace_s: float = 5.0, max_hold_s: float = 3600.0,
+                 sites: Mapping[str, SiteInfo] | None = None):
+        self.sites = sites or {}
+        #: Sensor ceilings learned per lane and signal, across the lane's tests.
+        self.ceilings = CeilingTracker()
+        #: (site, instrument) -> [start, end or inf, event, origin] of reported faults.
+        self.fault_spans: dict[tuple[str, str], list[list[Any]]] = {}
         self.gap_s = gap_s
         self.grace_s = grace_s
         self.max_hold_s = max_hold_s
@@ -246,6 +287,9 @@ class TestAssembler:
         return self._expire(key, wm)
 
     def on_event(self, e: SiteEvent) -> list[TestRecord]:
+        if e.event in FAULT_EVENTS or e.event in RECOVERY_EVENTS:
+            self._fault_event(e)
+            return []
         if e.event not in ("test_start", "test_end"):
             return []
         d = e.detail
@@ -298,6 +342,17 @@ class TestAssembler:
         return out
 
     # -- internals
+    def _fault_event(self, e: SiteEvent) -> None:
+        """Gateway-reported instrument faults, so a test sees them (bounded per instrument)."""
+        key = (e.site, e.instrument)
+        spans = self.fault_spans.setdefault(key, [])
+        if e.event in FAULT_EVENTS:
+            if not spans or spans[-1][1] != math.inf:
+                spans.append([e.time, math.inf, e.event, e.origin])
+        elif spans and spans[-1][1] == math.inf:
+            spans[-1][1] = e.time
+        del spans[:-32]
+
     def _covering(self, blds: dict[str, _Building], t: float) -> _Building | None:
         """The lane's test with context whose span covers ``t`` (latest start wins)."""
         best: _Building | None = None
@@ -355,23 +410,84 @@ class TestAssembler:
         b.samples.sort(key=lambda s: s.time)
         rec = TestRecord(b.id, b.site, b.lane, b.method, b.vehicle, b.inferred, b.samples,
                          b.start_detail, b.end_detail, b.start_event_time, b.end_event_time)
-        rec.seconds = _seconds(b.samples)
+        streams: dict[str, list[Sample]] = {}
+        for smp in b.samples:
+            streams.setdefault(smp.instrument, []).append(smp)
+        rec.streams = streams
+        site = self.sites.get(b.site)
+        configured = site.sample_interval_s if site is not None else {}
+        rec.intervals = {i: configured.get(i) or seen_interval(ss) for i, ss in streams.items()}
+        rec.faults = self._health(b.site, b.lane, streams)
+        rec.seconds = _seconds(b.samples, _faulty_values(rec.faults, streams))
         rec.event_origins = b.event_origins
         if not rec.method:
             rec.method = guess_method(rec.seconds)
-        if any(not s.phase for s in rec.seconds):
+        rec.phases_from_lane = bool(rec.seconds) and all(s.phase for s in rec.seconds)
+        if not rec.phases_from_lane:
             infer_phases(rec.method, rec.seconds)
         self.pending.setdefault(key, []).append(rec)
 
+    def _health(self, site: str, lane: str, streams: dict[str, list[Sample]]) -> list[Fault]:
+        """Instrument faults of a test (:func:`ingest.detectors.health.assess`), with the
+        sensor ceilings learned over the lane's earlier tests and this one."""
+        faults: list[Fault] = []
+        for instr, ss in streams.items():
+            role = instr[len(lane) + 1:] if lane and instr.startswith(lane + ".") else instr
+            key = f"{site}/{lane}/{role}/"
+            for sig in CEILING_SIGNALS:
+                if sig in ss[0].values or sig in ss[-1].values:
+                    self.ceilings.observe(key + sig, [x.values[sig] for x in ss
+                                                      if sig in x.values])
+            faults += assess(site, instr, ss, ceilings=self.ceilings, stream_key=key)
+            for t0, t1, ev, origin in self.fault_spans.get((site, instr), ()):
+                if t0 <= ss[-1].time and ss[0].time <= t1:
+                    inside = [x for x in ss if t0 <= x.time <= t1]
+                    if inside:
+                        faults.append(Fault(site, instr, ("*",), "flagged", inside[0].time,
+                                            inside[-1].time, len(inside), {"event": ev},
+                                            [o for o in (origin,) if o is not None]))
+        return faults
 
-def _seconds(samples: Sequence[Sample]) -> list[Second]:
+
+def seen_interval(samples: Sequence[Sample]) -> float:
+    """A stream's sampling interval as seen: the median spacing of its samples (s).
+
+    Rounded to 0.1 s; a stream with fewer than two samples counts as 1 Hz. The median
+    ignores the odd timer slip (a 2 s spacing followed by a 0 s one) and isolated losses.
+    """
+    if len(samples) < 2:
+        return 1.0
+    d = sorted(b.time - a.time for a, b in itertools.pairwise(samples))
+    med = d[len(d) // 2]
+    return max(0.1, round(med, 1))
+
+
+def _faulty_values(faults: Sequence[Fault], streams: Mapping[str, Sequence[Sample]]
+                   ) -> dict[int, set[str]]:
+    """id(sample) -> the signals of it that a fault covers (``"*"``: all)."""
+    out: dict[int, set[str]] = {}
+    for f in faults:
+        for smp in streams.get(f.instrument, ()):
+            if f.start <= smp.time <= f.end:
+                out.setdefault(id(smp), set()).update(f.signals)
+    return out
+
+
+def _seconds(samples: Sequence[Sample], drop: Mapping[int, set[str]] | None = None
+             ) -> list[Second]:
     by: dict[int, Second] = {}
     for s in samples:
         k = second_of(s.time)
         sec = by.get(k)
         if sec is None:
             sec = by[k] = Second(k, "", {}, [], set())
-        if s.flags:
+        bad = drop.get(id(s)) if drop else None
+        if bad is not None:
+            # Values of a faulty instrument are not measurements: no rule judges them.
+            if "*" not in bad:
+                sec.values.update({n: v for n, v in s.values.items() if n not in bad
+                                   and s.flags.get(n, "N") in VALID_FLAGS})
+        elif s.flags:
             # Values the instrument marked invalid (calibration, fault...) are not judged.
             sec.values.update({n: v for n, v in s.values.items()
                                if s.flags.get(n, "N") in VALID_FLAGS})
@@ -503,7 +619,7 @@ class PerTestDetector(Detector):
 
     def __init__(self, sites: dict[str, SiteInfo], params: dict[str, Any] | None = None):
         super().__init__(sites, params)
-        self.assembler = TestAssembler()
+        self.assembler = TestAssembler(sites=sites)
 
     def on_sample(self, s: Sample) -> list[Alert]:
         return self._judge(self.assembler.on_sample(s))
@@ -526,11 +642,6 @@ class PerTestDetector(Detector):
 
     def on_finish(self) -> list[Alert]:
         """Cross-test findings still pending at end of stream."""
-        return []
-
-    def finish_other_kinds(self) -> list[Alert]:
-        """End of stream for the site kinds other than vehicle inspection (a rule that also
-        watches other kinds; the engine's test hub finishes the vehicle part)."""
         return []
 
     def test_alert(
@@ -574,9 +685,10 @@ class TestHub:
     done once here instead of once per rule, ten rules cost little more than one.
     """
 
-    def __init__(self, detectors: Sequence[PerTestDetector]):
+    def __init__(self, detectors: Sequence[PerTestDetector],
+                 sites: Mapping[str, SiteInfo] | None = None):
         self.detectors = list(detectors)
-        self.assembler = TestAssembler()
+        self.assembler = TestAssembler(sites=sites)
 
     def on_sample(self, s: Sample) -> list[Alert]:
         tests = self.assembler.on_sample(s)

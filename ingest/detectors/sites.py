@@ -35,6 +35,7 @@ class _Site(BaseModel):
     location: _Location
     limits: dict[str, float] = Field(default_factory=dict)
     neighbours: list[str] = Field(default_factory=list)
+    sample_interval_s: dict[str, float] = Field(default_factory=dict)
 
 
 class _SitesFile(BaseModel):
@@ -82,8 +83,12 @@ def parse_sites(data: Any, source: str = "SITES") -> dict[str, SiteInfo]:
                                   "own neighbour")
             if n not in model.sites:
                 raise ConfigError(f"{source}: sites.{sid}.neighbours.{i}: unknown site {n!r}")
+        for inst, dt in s.sample_interval_s.items():
+            if not (dt > 0 and dt < 86400):
+                raise ConfigError(f"{source}: sites.{sid}.sample_interval_s.{inst}: expected "
+                                  f"seconds between 0 and 86400, got {dt}")
         out[sid] = SiteInfo(sid, s.kind, s.location.lat, s.location.lon, dict(s.limits),
-                            list(s.neighbours))
+                            list(s.neighbours), dict(s.sample_interval_s))
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from ingest.detectors import segments
 from ingest.detectors.base import Alert
+from ingest.detectors.health import air_dilution_consistent
 
 
 class ProbeDilutionDetector(segments.PerTestDetector):
@@ -34,8 +35,20 @@ class ProbeDilutionDetector(segments.PerTestDetector):
       is lean there, and a fabricated OBD lambda would not say so). Needs an OBD lambda;
       without one only the first check runs.
 
-    Applies to the gasoline methods in ``methods``. High severity when CO+CO2 stays low for
-    ``high_seconds`` (3) seconds or more, or O2 stays high for twice the minimum.
+    Physical possibility: a probe out of the tailpipe samples ambient air, so CO+CO2 falls
+    *and O2 rises towards 20.9 %* in proportion (``O2 ≈ 20.9 × (1 − (CO+CO2)/15)``, within
+    ``o2_tolerance_pct``, 3 %). Low CO+CO2 with O2 far below that line is an analyzer that
+    reads nothing (0 % O2 and 0 % CO2 is neither air nor exhaust) and is left to I-HEALTH;
+    so are seconds the health layer found faulty (dead, all-zero, no gas, impossible).
+    Seconds without an O2 reading count as *unverified*.
+
+    Applies to the gasoline methods in ``methods``. Severity (evidence required):
+
+    * high: CO+CO2 low with O2 confirming air dilution in ``high_seconds`` (3) scored
+      seconds or more (two signals agree, over several seconds); or O2 high while the OBD
+      lambda says the engine runs at 1, for twice ``min_o2_seconds``;
+    * medium: fewer such seconds, or low CO+CO2 that no O2 reading can confirm, or O2 high
+      for ``min_o2_seconds``.
     """
 
     rule: ClassVar[str] = "V1"
@@ -49,6 +62,7 @@ class ProbeDilutionDetector(segments.PerTestDetector):
         "skip_vmas_decel": True,
         "decel_hold_s": 6,
         "high_seconds": 3,
+        "o2_tolerance_pct": 3.0,
     }
 
     def on_test(self, test: segments.TestRecord) -> list[Alert]:
@@ -62,8 +76,18 @@ class ProbeDilutionDetector(segments.PerTestDetector):
         decel: set[int] = set()
         if test.method == "vmas" and p["skip_vmas_decel"]:
             decel = _decelerating(test, p["decel_hold_s"])
-        low = [s for s in scored if s.t not in decel
-               and s.values["co_pct"] + s.values["co2_pct"] < p["min_co_co2_pct"]]
+        low: list[segments.Second] = []
+        unverified = 0
+        for s in scored:
+            v = s.values
+            c = v["co_pct"] + v["co2_pct"]
+            if s.t in decel or c >= p["min_co_co2_pct"]:
+                continue
+            if "o2_pct" not in v:
+                unverified += 1
+                low.append(s)
+            elif air_dilution_consistent(c, v["o2_pct"], p["o2_tolerance_pct"]):
+                low.append(s)
         lo_l, hi_l = p["obd_lambda_band"]
         run: list[segments.Second] = []
         best: list[segments.Second] = []
@@ -86,12 +110,14 @@ class ProbeDilutionDetector(segments.PerTestDetector):
             cc = [s.values["co_pct"] + s.values["co2_pct"] for s in low]
             o2 = [s.values.get("o2_pct", 0.0) for s in low]
             lam = [s.values["lambda"] for s in low if "lambda" in s.values]
-            sev: Any = "high" if len(low) >= p["high_seconds"] else "medium"
+            verified = len(low) - unverified
+            sev: Any = "high" if verified >= p["high_seconds"] else "medium"
             ev: dict[str, Any] = {
                 "check": "co_co2_low", "seconds": [s.t - t0 for s in low],
                 "count": len(low), "scored_seconds": len(scored),
                 "min_co_co2_pct": round(min(cc), 2), "mean_co_co2_pct": round(_mean(cc), 2),
                 "mean_o2_pct": round(_mean(o2), 2), "threshold_co_co2_pct": p["min_co_co2_pct"],
+                "o2_confirmed_seconds": verified,
             }
             if lam:
                 ev["mean_lambda"] = round(_mean(lam), 3)
@@ -102,7 +128,7 @@ class ProbeDilutionDetector(segments.PerTestDetector):
                 f"O2 {_mean(o2):.1f} %",
                 f"疑似取样探头未插入排气管：{len(scored)} 个计分秒中有 {len(low)} 秒 CO+CO2 "
                 f"仅 {_mean(cc):.1f}%（低于 {p['min_co_co2_pct']}%），O2 为 {_mean(o2):.1f}%",
-                ev, low))
+                ev, low, check="co_co2_low"))
         elif len(best) >= p["min_o2_seconds"]:
             o2 = [s.values["o2_pct"] for s in best]
             ol = [s.values["obd_lambda"] for s in best]
@@ -121,7 +147,7 @@ class ProbeDilutionDetector(segments.PerTestDetector):
                  "mean_obd_lambda": round(_mean(ol), 3), "mean_co_co2_pct": round(_mean(cc), 2),
                  "threshold_o2_pct": p["max_o2_pct"], "threshold_seconds": p["min_o2_seconds"],
                  "obd_lambda_band": list(p["obd_lambda_band"])},
-                best))
+                best, check="o2_high_obd_lambda_1"))
         return alerts
 
 

@@ -36,6 +36,10 @@ class _Station:
     n: int = 0
 
 
+#: Signals a result is computed from: a test whose instruments were faulty is not scored.
+_RESULT_SIGNALS = ("co_pct", "co2_pct", "hc_ppm", "no_ppm", "nox_ppm", "k_m1", "o2_pct")
+
+
 class NudgedResultsDetector(segments.PerTestDetector):
     """V10 — results nudged just under the limit (station-level statistics).
 
@@ -59,8 +63,13 @@ class NudgedResultsDetector(segments.PerTestDetector):
       (0.001) — the ratio alone fires on small counts by chance; and/or
     * pass-rate z-score (observed passes vs per-method fleet pass rates) > ``max_z`` (3).
 
-    High when both hold. Evaluated every ``check_every_tests`` (50) tests of a station and at
-    end of stream; repeated findings share one alert key per station.
+    Tests whose analyzer or opacimeter the health layer found faulty are not scored (a
+    dead analyzer "passes" every car and is an I-HEALTH fault, not a nudged result).
+
+    Severity (evidence required): high when both statistics hold (two independent
+    signals: where results lie, how often cars pass); medium when one holds. Evaluated
+    every ``check_every_tests`` (50) tests of a station and at end of stream; repeated
+    findings share one alert key per station.
     """
 
     rule: ClassVar[str] = "V10"
@@ -81,7 +90,7 @@ class NudgedResultsDetector(segments.PerTestDetector):
         self.fleet: dict[str, _Counts] = {}
 
     def on_test(self, test: segments.TestRecord) -> list[Alert]:
-        if test.method not in vres.LIMITS:
+        if test.method not in vres.LIMITS or not test.healthy(*_RESULT_SIGNALS):
             return []
         site = self.sites.get(test.site)
         overrides = site.limits if site else None

@@ -38,7 +38,9 @@ class FabricatedObdDetector(segments.PerTestDetector):
       enough: at 0.1 km resolution a station testing 80 cars a day sees two unrelated cars
       share a reading about once a month, three practically never.
 
-    An alert is high when two or more indicators hold or the odometer is shared.
+    Severity (evidence required): high when two or more stream indicators hold (two
+    independent signals of fabrication in one test) or one odometer is shared by several
+    VINs (a physical impossibility across cars); medium for one stream indicator.
     """
 
     rule: ClassVar[str] = "V3"

@@ -23,6 +23,10 @@ class SharedCalibrationDetector(segments.PerTestDetector):
     within ``window_days`` (90). The pairs are followed across all sites (a cheat-box model is
     sold to many stations); one alert per site and pair lists every test involved. Needs the
     lane's ``test_start``/``test_end`` detail (``calid``, ``cvn``, ``model_group``).
+
+    Severity (evidence required): high — one software identity on unrelated type-approval
+    families is impossible for genuine control units, and the evidence spans several
+    vehicles.
     """
 
     rule: ClassVar[str] = "V4"

@@ -21,8 +21,12 @@ class AnalyzerScalingDetector(segments.PerTestDetector):
 
     Rule (proposed): at least ``min_seconds`` (5) scored seconds with CO+CO2 below
     ``max_co_co2_pct`` (13 %), O2 below ``max_o2_pct`` (0.5 %) and the analyzer's lambda within
-    ``lambda_band`` (0.97–1.03). Gasoline methods only. High when at least half of the
-    scored seconds qualify.
+    ``lambda_band`` (0.97–1.03). Gasoline methods only. Seconds the health layer found
+    faulty (a dead bench reads 0 % CO2 *and* 0 % O2: no gas at all) are not judged.
+
+    Severity (evidence required): high when at least half of the scored seconds qualify
+    (combustion cannot produce that composition — a physical impossibility held over the
+    test); medium for ``min_seconds`` or more.
     """
 
     rule: ClassVar[str] = "V5"

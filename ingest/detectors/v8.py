@@ -32,6 +32,12 @@ class DynamometerConsistencyDetector(segments.PerTestDetector):
       ``max_asm_outside_s`` (5) seconds in total once the mode clock has started;
     * |OBD speed − roller speed| > ``max_obd_diff_kmh`` (3 km/h) for at least
       ``min_obd_diff_seconds`` (5) consecutive seconds.
+
+    Severity (evidence required): high when one check holds for twice its minimum
+    (power: 2 × ``min_power_seconds``; ASM band: 2 × ``max_asm_outside_s``; OBD speed:
+    2 × ``min_obd_diff_seconds``) or two checks hold (physics broken over several
+    seconds, or two signals agreeing); medium otherwise. Dynamometer or OBD values the
+    health layer found faulty are not judged.
     """
 
     rule: ClassVar[str] = "V8"

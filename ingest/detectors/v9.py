@@ -21,6 +21,7 @@ class _Run:
     signature: tuple[float, ...] | None = None
     tests: list[segments.TestRecord] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
+    reported_high: set[str] = field(default_factory=set)
 
 
 class ConstantWeatherDetector(segments.PerTestDetector):
@@ -38,11 +39,23 @@ class ConstantWeatherDetector(segments.PerTestDetector):
       channel, so a real sensor (which flickers at its resolution) almost never repeats;
       every test of such a run is reported.
     * software defaults (``defaults``: 25 °C / 80 % / 101 kPa and 25 °C / 80 % / 101.3 kPa,
-      within ``default_tolerance``) in every second of a test with at least
-      ``min_default_seconds`` (10) weather seconds.
+      within ``default_tolerance``) in every weather reading of a test whose weather
+      readings span at least ``min_default_seconds`` (10) seconds (a station reporting
+      every 5 s has as much weather per test as one reporting every second).
     * more than ``max_temp_diff_c`` (5 °C) or ``max_kpa_diff`` (3 kPa) from the median of the
       site's configured neighbours (SiteInfo.neighbours, the nearest stations) measured within
       ``neighbour_window_s`` (30 min) (proposed). Runs only when neighbours are configured.
+
+    A dead or disconnected weather station (0 °C / 0 % / 0 kPa), or one reading the
+    physically impossible, is an I-HEALTH fault and its readings are not judged here.
+
+    Severity (evidence required):
+
+    * high: software defaults throughout a test (values no sensor reads, test after test);
+      weather identical over twice ``min_identical_tests`` tests spanning at least
+      ``high_span_h`` (2 h) — real weather moves in two hours;
+    * medium: weather identical over ``min_identical_tests`` tests (a frozen but credible
+      station is the innocent explanation); weather far from the neighbours'.
     """
 
     rule: ClassVar[str] = "V9"
@@ -54,6 +67,7 @@ class ConstantWeatherDetector(segments.PerTestDetector):
         "max_temp_diff_c": 5.0,
         "max_kpa_diff": 3.0,
         "neighbour_window_s": 1800,
+        "high_span_h": 2.0,
     }
 
     def __init__(self, sites: Any, params: dict[str, Any] | None = None):
@@ -71,7 +85,7 @@ class ConstantWeatherDetector(segments.PerTestDetector):
 
     def _defaults(self, test: segments.TestRecord, secs: list[segments.Second],
                   cols: dict[str, list[float]]) -> list[Alert]:
-        if len(secs) < self.p["min_default_seconds"]:
+        if secs[-1].t - secs[0].t + 1 < self.p["min_default_seconds"]:
             return []
         tol = self.p["default_tolerance"]
         for d in self.p["defaults"]:
@@ -82,8 +96,9 @@ class ConstantWeatherDetector(segments.PerTestDetector):
                     f"{len(secs)} s of the test: no weather station connected",
                     f"环境参数在整个检测过程（{len(secs)} 秒）中恒为软件默认值 {d[0]}°C / "
                     f"{d[1]}% / {d[2]} kPa，疑似未接入气象站或使用默认气象数据",
-                    {"check": "software_default", "default": list(d), "seconds": len(secs)},
-                    secs)]
+                    {"check": "software_default", "default": list(d), "seconds": len(secs),
+                     "threshold_seconds": self.p["min_default_seconds"]},
+                    secs, check="software_default")]
         return []
 
     def _identical(self, test: segments.TestRecord, secs: list[segments.Second],
@@ -91,28 +106,35 @@ class ConstantWeatherDetector(segments.PerTestDetector):
         sig = tuple(x for c in _CH for x in (min(cols[c]), max(cols[c])))
         run = self.runs.setdefault((test.site, test.lane), _Run())
         if sig != run.signature:
-            run.signature, run.tests, run.reported = sig, [], set()
-        run.tests.append(test)
+            run.signature, run.tests, run.reported, run.reported_high = sig, [], set(), set()
+        run.tests.append(test.slim(*_CH))
         need = self.p["min_identical_tests"]
         if len(run.tests) < need:
             return []
         ids = [t.id for t in run.tests]
         vals = f"{sig[0]}–{sig[1]} °C / {sig[2]}–{sig[3]} % / {sig[4]}–{sig[5]} kPa"
+        span_h = (run.tests[-1].end - run.tests[0].start) / 3600.0
+        sev: Any = "high" if len(ids) >= 2 * need and span_h >= self.p["high_span_h"] \
+            else "medium"
         out = []
         for t in run.tests:
-            if t.id in run.reported:
+            if t.id in run.reported and (sev == "medium" or t.id in run.reported_high):
                 continue
             run.reported.add(t.id)
+            if sev == "high":
+                run.reported_high.add(t.id)
             out.append(self.test_alert(
-                t, "high",
+                t, sev,
                 f"Weather identical over {len(ids)} consecutive tests (≥ {need}): {vals}; "
                 f"frozen or fabricated weather data suspected",
                 f"环境参数连续 {len(ids)} 次检测完全相同（阈值 {need} 次）：{vals}，"
                 f"疑似使用固定或伪造的气象数据",
                 {"check": "identical_over_tests", "tests": len(ids), "test_ids": ids,
+                 "span_h": round(span_h, 2),
                  "weather": {c: [sig[2 * i], sig[2 * i + 1]] for i, c in enumerate(_CH)},
-                 "threshold_tests": need},
-                [s for s in t.seconds if "ambient_temp_c" in s.values]))
+                 "threshold_tests": need, "threshold_span_h": self.p["high_span_h"]},
+                [s for s in t.seconds if "ambient_temp_c" in s.values],
+                check="identical_over_tests"))
         return out
 
     def _neighbours(self, test: segments.TestRecord, secs: list[segments.Second],
@@ -142,5 +164,6 @@ class ConstantWeatherDetector(segments.PerTestDetector):
             f"{self.p['max_temp_diff_c']}°C / {self.p['max_kpa_diff']} kPa），疑似气象数据不真实",
             {"check": "neighbours", "temp_c": round(temp, 2), "kpa": round(kpa, 3),
              "neighbour_temp_c": round(t_ref, 2), "neighbour_kpa": round(p_ref, 3),
-             "neighbours": len(near)},
-            secs)]
+             "neighbours": len(near), "threshold_temp_c": self.p["max_temp_diff_c"],
+             "threshold_kpa": self.p["max_kpa_diff"]},
+            secs, check="neighbours")]

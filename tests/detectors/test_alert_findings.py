@@ -79,9 +79,9 @@ def test_v2_oil_and_rpm_findings_on_one_test_are_one_alert_with_both():
         if "oil_temp_c" in v:
             v["oil_temp_c"] = 88.0
         out.append(Sample(s.time, s.site, s.instrument, v, s.flags, s.test, s.origin))
-    direct = feed(SimulatedEngineSignalDetector(sites()), out, events)
+    direct = feed(SimulatedEngineSignalDetector(sites(), {"min_vehicles": 1}), out, events)
     assert {a.evidence["check"] for a in direct} == {"oil_constant", "rpm_copied"}
-    eng = DetectionEngine(sites(), rules=["V2"])
+    eng = DetectionEngine(sites(), {"V2": {"min_vehicles": 1}}, rules=["V2"])
     for r in sorted([*events, *out], key=lambda r: r.time):
         eng.feed(r)
     eng.finish()

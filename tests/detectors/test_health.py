@@ -66,24 +66,32 @@ def test_zero_on_a_signal_that_cannot_be_zero():
     assert f.kind == "zero" and f.signals == ("oil_temp_c",)
 
 
-def test_saturation_learned_from_the_approach_and_outside_plausible_range():
-    ceil = CeilingTracker()
+def test_saturation_learned_from_the_clipping_signature_and_outside_plausible_range():
     key = "S1/L1/"
-    # earlier cars: real oil temperatures, some just below a sensor ceiling at 118 °C
-    ceil.observe(key + "oil_temp_c", [88.1, 95.3, 113.2, 115.9, 116.4, 117.1, 118.0])
     pinned = rows("a", [{"oil_temp_c": 118.0}] * 30)
+    ceil = CeilingTracker()
+    # earlier cars: real oil temperatures, some just below a sensor ceiling at 118 °C,
+    # two hot cars read the ceiling throughout
+    for test in ([88.1, 88.2, 88.2], [113.2, 115.9, 116.4], [117.1, 117.4, 116.9],
+                 [118.0] * 40):
+        ceil.observe(key + "oil_temp_c", test)
+    assert not ceil.is_limit(key + "oil_temp_c", 118.0)  # one episode is not yet a ceiling
+    ceil.observe(key + "oil_temp_c", [118.0] * 40)
     [f] = assess("S1", "a", pinned, ceilings=ceil, stream_key=key)
     assert f.kind == "saturated" and f.detail["ceiling"] == 118.0
     ceil.observe(key + "oil_temp_c", [118.5])  # the stream goes beyond: no ceiling there
     assert assess("S1", "a", pinned, ceilings=ceil, stream_key=key) == []
     # a credible constant with nothing approaching it is not a fault (V2 judges it)
     ceil2 = CeilingTracker()
-    ceil2.observe(key + "oil_temp_c", [88.0] * 200)
+    for _ in range(5):
+        ceil2.observe(key + "oil_temp_c", [88.0] * 200)
     assert assess("S1", "a", rows("a", [{"oil_temp_c": 88.0}] * 30), ceilings=ceil2,
                   stream_key=key) == []
-    # nor is a constant below the stream's maximum
-    ceil2.observe(key + "oil_temp_c", [84.0, 86.5, 87.9, 87.5, 95.0])
-    assert not ceil2.is_limit(key + "oil_temp_c", 88.0)
+    # a slowly rising reading at its running maximum is no point mass
+    ceil3 = CeilingTracker()
+    for k in range(4):
+        ceil3.observe(key + "t", [19.0 + 0.1 * i for i in range(13)] + [20.3] * (1 + k % 2))
+    assert not ceil3.is_limit(key + "t", 20.3)
     # a constant no engine oil reaches at an inspection is a clipped or stuck sensor
     [g] = assess("S1", "a", rows("a", [{"oil_temp_c": 150.0}] * 10))
     assert g.kind == "saturated" and g.detail["plausible_range"] == [10.0, 120.0]
