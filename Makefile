@@ -14,7 +14,7 @@ lint: setup
 	.venv/bin/ruff check .
 
 typecheck: setup
-	.venv/bin/mypy stationseal agent ingest sim dashboards demo evidence
+	.venv/bin/mypy stationseal agent ingest sim dashboards demo evidence stack
 
 pytest: setup
 	$(PY) -m pytest

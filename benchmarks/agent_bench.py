@@ -392,7 +392,7 @@ def main() -> int:
     if args.quick:
         seconds, repeats, warmup, micro_frames = 8.0, 1, 3.0, 40
 
-    from stationseal.stack import down, up
+    from stack.manager import down, up
 
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         work = Path(tmp)

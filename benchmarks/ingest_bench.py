@@ -40,7 +40,7 @@ from ingest.convert import LineBuilder
 from ingest.metrics import Metrics
 from ingest.pipeline import Pipeline
 from ingest.store import Store
-from stationseal import stack as st
+from stack import manager as st
 from stationseal.frame import ZERO_HASH, Frame, seal
 from stationseal.keys import KeyRegistry, generate_keypair
 from stationseal.records import Reading

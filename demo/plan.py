@@ -29,7 +29,7 @@ import yaml
 from sim.cems import CEMS_LIMITS
 from sim.lane import PRESETS, TAIL_S, Injection, LaneConfig, parse_scenario
 from sim.stack_site import StackInjection, parse_stack_scenario
-from stationseal.stack import StackInfo
+from stack.manager import StackInfo
 
 STATION = "demo-station"
 STATION_GW = "gw-demo-station"

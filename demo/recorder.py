@@ -19,8 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from stack.manager import StackInfo
 from stationseal.export import line_for
-from stationseal.stack import StackInfo
 
 
 class Recorder:

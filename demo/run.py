@@ -60,7 +60,7 @@ from sim.hj212_site import (
     driver_values_fn,
     start_logger,
 )
-from stationseal import stack
+from stack import manager as stack
 from stationseal.keys import KeyRegistry, generate_keypair
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -385,7 +385,7 @@ def load_config(path: str | Path) -> IngestConfig:
 
 
 def config_from_stack(info: Any, registry: Path, state_dir: Path, **over: Any) -> IngestConfig:
-    """A config that talks to a local stack (``stationseal.stack.StackInfo``): used by the
+    """A config that talks to a local stack (``stack.manager.StackInfo``): used by the
     demo, tests and benchmarks so they need not write YAML."""
     data: dict[str, Any] = {
         "mqtt": {

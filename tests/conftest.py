@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-``stack`` is one real Mosquitto + InfluxDB (stationseal.stack) for the whole session,
+``stack`` is one real Mosquitto + InfluxDB (stack.manager) for the whole session,
 because the properties under test (TLS, ACLs, queued QoS 1, database writes) are the
 servers' behaviour. Tests using it carry ``@pytest.mark.stack`` so a quick run can
 deselect them with ``-m "not stack"``. Tests that stop or restart servers use their own
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from stack_helpers import STACK_GATEWAYS, MqttTestClient, mqtt_connect, start_test_stack
 
-from stationseal.stack import Credential, StackInfo, add_gateway, down
+from stack.manager import Credential, StackInfo, add_gateway, down
 
 _extra_ids = itertools.count(1)
 

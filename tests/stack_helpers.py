@@ -1,4 +1,4 @@
-"""Helpers for tests that need the real broker and database (stationseal.stack).
+"""Helpers for tests that need the real broker and database (stack.manager).
 
 Imported by tests/conftest.py (fixtures) and by test modules (types, extra stacks);
 kept out of conftest.py because ``import conftest`` is ambiguous once another
@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from stationseal.stack import (
+from stack.manager import (
     Credential,
     StackError,
     StackInfo,

@@ -34,7 +34,7 @@ def _ca(tmp: Path) -> Path:
     """A CA bundle OpenSSL loads (the system one if present, else a fresh self-signed)."""
     if SYSTEM_CA.exists():
         return SYSTEM_CA
-    from stationseal.stack import _layout, _make_ca
+    from stack.manager import _layout, _make_ca
 
     lay = _layout(tmp / "ca-stack")
     lay.root.mkdir(parents=True, exist_ok=True)

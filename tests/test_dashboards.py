@@ -44,11 +44,11 @@ from ingest.convert import LineBuilder, alert_line, integrity_line
 from ingest.detectors.base import Alert, SiteInfo
 from ingest.influx import V1Writer
 from ingest.metrics import Metrics, MetricsServer
+from stack.manager import StackInfo
 from stationseal.cli import main as cli_main
 from stationseal.frame import ZERO_HASH, Frame, seal
 from stationseal.records import Event, Reading
 from stationseal.signing import Ed25519Signer
-from stationseal.stack import StackInfo
 
 LANE, STACK, AIR = "V-LANE-1", "S-STACK-1", "A.AIR/1"  # AIR: regex and path characters
 SITES = {

@@ -26,12 +26,12 @@ from sim import stack_site
 from sim.cems import CEMS_LIMITS
 from sim.hj212_site import demo_tamper, driver_values_fn, send_frame, start_logger
 from sim.site import start_site
+from stack.manager import Credential, StackInfo
 from stationseal.cli import main
 from stationseal.export import read_frames
 from stationseal.frame import decode
 from stationseal.hj212 import CP, VERSION_2025, Frame, format_data_time, make_flag
 from stationseal.keys import KeyRegistry, generate_keypair
-from stationseal.stack import Credential, StackInfo
 from stationseal.verify_cli import verify_file
 
 pytestmark = [pytest.mark.stack]

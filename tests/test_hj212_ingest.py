@@ -20,9 +20,9 @@ from ingest.service import IngestService
 from ingest.store import Store
 from sim.hj212_logger import HJ212Logger, Tamper, synthetic_values
 from sim.hj212_site import revision_frame, send_frame
+from stack.manager import StackInfo
 from stationseal.hj212 import CP, Frame, make_flag, parse_data_time
 from stationseal.keys import KeyRegistry
-from stationseal.stack import StackInfo
 
 MN = "320600LEGACY000000000001"
 SITE = "legacy-stack-1"

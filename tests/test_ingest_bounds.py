@@ -20,8 +20,8 @@ from ingest.inbox import FairInbox
 from ingest.metrics import fetch
 from ingest.service import IngestService
 from ingest.store import Digested, QuarantineLimits, Store
+from stack.manager import StackInfo
 from stationseal.keys import KeyRegistry
-from stationseal.stack import StackInfo
 
 # --------------------------------------------------------------------------- quarantine
 

@@ -21,8 +21,8 @@ import yaml
 from ingest_support import Gateway, gateway_publisher, influx_count, wait_for
 
 from ingest.metrics import fetch
+from stack.manager import start_component, stop_component
 from stationseal.keys import KeyRegistry
-from stationseal.stack import start_component, stop_component
 
 #: The InfluxDB outage the test rides out: a minute, as in an ordinary database restart.
 INFLUX_OUTAGE_S = float(os.environ.get("STATIONSEAL_TEST_INFLUX_OUTAGE_S", "60"))

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from ingest_support import Gateway, create_db, influx_count
 
+from stack.manager import StackInfo
 from stationseal.export import line_for
 from stationseal.keys import KeyRegistry
-from stationseal.stack import StackInfo
 
 pytestmark = [pytest.mark.stack]
 

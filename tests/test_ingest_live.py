@@ -24,12 +24,12 @@ from ingest_support import (
 from ingest.config import config_from_stack
 from ingest.metrics import fetch
 from ingest.service import IngestService
+from stack.manager import StackInfo, load_info
 from stationseal import cbor
 from stationseal.chain import HASH_WINDOW
 from stationseal.frame import Frame, decode, encode_body
 from stationseal.keys import KeyRegistry
 from stationseal.records import Reading
-from stationseal.stack import StackInfo, load_info
 
 pytestmark = [pytest.mark.stack]
 

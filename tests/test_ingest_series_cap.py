@@ -25,10 +25,10 @@ from ingest.pipeline import Batch
 from ingest.series import SeriesGuard, series_key, tag_value
 from ingest.service import IngestService
 from ingest.store import Store
+from stack.manager import StackInfo
 from stationseal.frame import Frame, seal
 from stationseal.keys import KeyRegistry
 from stationseal.records import Reading
-from stationseal.stack import StackInfo
 
 
 def test_series_key_and_tags_with_escapes() -> None:

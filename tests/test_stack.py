@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from stack_helpers import MqttTestClient, stack_binaries_missing, start_test_stack
 
-from stationseal import stack as st
+from stack import manager as st
 from stationseal.cli import main as cli_main
 
 GW1, GW2 = "gw-test-1", "gw-test-2"

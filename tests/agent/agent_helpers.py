@@ -18,12 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import OutboxConfig
 from agent.runtime import Agent, RuntimeOptions
 from agent.uplink import FileTransport, MqttTransport
+from stack.manager import Credential, StackInfo
 from stationseal.export import frames_topic, line_for
 from stationseal.frame import decode
 from stationseal.keys import KeyRegistry, generate_keypair
 from stationseal.records import Event, Reading
 from stationseal.signing import Signer, load_signer
-from stationseal.stack import Credential, StackInfo
 from stationseal.verify_cli import Report, verify_file
 
 

@@ -14,7 +14,7 @@ import yaml
 from agent.profiles import load_profile, profile_file
 from sim.faults import Fault, FaultPlan
 from sim.modbus_server import ModbusSimServer, SimulatedDevice, start_modbus_tcp_server
-from stationseal.stack import Credential, StackInfo
+from stack.manager import Credential, StackInfo
 
 PROFILES = Path(__file__).resolve().parents[2] / "firmware-config" / "instruments"
 T = TypeVar("T")

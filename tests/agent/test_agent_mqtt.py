@@ -23,8 +23,8 @@ from agent_helpers import (
 from agent.dispatch import LIVE_CAP
 from agent.runtime import RuntimeOptions
 from agent.uplink import MqttTransport
+from stack.manager import Credential, StackInfo, start_component, stop_component
 from stationseal.frame import decode
-from stationseal.stack import Credential, StackInfo, start_component, stop_component
 
 #: Broker outage in the outage test: minutes, as a cellular dropout lasts.
 OUTAGE_S = float(os.environ.get("STATIONSEAL_TEST_OUTAGE_S", "120"))

@@ -19,7 +19,7 @@ from agent_helpers import FrameCollector, frames_of, make_keys, report_text, ver
 from sim_helpers import SimLoop, mqtt_uplink, site_config, tcp_instrument
 
 from sim.faults import Fault
-from stationseal.stack import Credential, StackInfo
+from stack.manager import Credential, StackInfo
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
