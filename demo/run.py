@@ -67,7 +67,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "firmware-config" / "instruments"
 #: Files and directories the demo owns inside OUT (removed at the start of a run).
 OWNED = ("frames.jsonl", "alerts.jsonl", "summary.json", "registry.json", "records.jsonl",
-         "alerts-offline.jsonl", ".stack", "keys", "config", "state", "logs", "run")
+         "alerts-offline.jsonl", ".stack", "keys", "config", "state", "logs", "run",
+         "evidence")
 
 
 def log(msg: str) -> None:
@@ -123,6 +124,7 @@ class Demo:
         self.hj212_port = 0
         self.logger: LoggerRun | None = None
         self.logger_labels: list[dict[str, Any]] = []
+        self.evidence: dict[str, Any] | None = None
 
     # -- paths ------------------------------------------------------------------------
     def p(self, *parts: str) -> Path:
@@ -414,6 +416,21 @@ class Demo:
                                          + self.offline["stderr"].replace("\n", " | "))
             except (OSError, ValueError) as e:
                 self.problems.append(f"offline reproduction failed: {e}")
+        if not self.interrupted and self.p("state", "ingest", "ingest.db").exists():
+            log("building an evidence package for every alert (stationseal evidence build) ...")
+            try:
+                from demo.evidence_step import build_all
+
+                self.evidence = build_all(self.out)
+                for it in self.evidence["items"]:
+                    if it.get("verdict") != "ACCEPTED":
+                        self.problems.append(
+                            f"evidence package of {it['alert_id']} not accepted: "
+                            f"{it.get('error') or it.get('failures')}")
+                log(f"evidence: {self.evidence['accepted']} of {self.evidence['packages']} "
+                    f"packages accepted ({self.evidence['seconds']} s), in evidence/")
+            except Exception as e:  # reported, never hides the rest of the summary
+                self.problems.append(f"evidence packages failed: {type(e).__name__}: {e}")
         summary = self.summary(scenario)
         write_summary(self.p("summary.json"), summary)
         print_summary(summary, sys.stdout)

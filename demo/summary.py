@@ -125,6 +125,10 @@ def build(demo: Demo, scenario: plan.Scenario) -> dict[str, Any]:
                      "planted": planted, "stack_planted": stack_planted,
                      "unplanted_live": unplanted(lane_truth, alerts, plan.STATION),
                      "unplanted_offline": unplanted(lane_truth, offline_alerts, plan.STATION)},
+        "evidence": None if demo.evidence is None else {
+            k: v for k, v in demo.evidence.items() if k != "items"} | {
+            "not_accepted": [i for i in demo.evidence["items"]
+                             if i.get("verdict") != "ACCEPTED"]},
         "left_out": LEFT_OUT,
         "notes": notes,
         "problems": demo.problems,

@@ -14,11 +14,7 @@ from stationseal.errors import UsageError
 def sources(args: argparse.Namespace) -> Any:
     """From CENTRAL.yaml (the ingest's stored alerts, archive, receipt log), each part
     replaceable by a flag (offline: --alerts and --frames files)."""
-    from evidence.package import BuildError, Sources, load_alerts_file
     from ingest.config import ConfigError, load_config
-    from ingest.custody.log import ReceiptLog
-    from ingest.store import Store
-    from stationseal.signing import SigningError, load_signer
 
     cfg = None
     if args.config:
@@ -26,27 +22,41 @@ def sources(args: argparse.Namespace) -> Any:
             cfg = load_config(args.config)
         except ConfigError as e:
             raise UsageError(str(e)) from None
+    return sources_for(cfg, alerts=args.alerts, frames=args.frames, registry=args.registry,
+                       sites=args.sites, params=args.params, key=args.key,
+                       central_public_key=args.central_public_key)
+
+
+def sources_for(cfg: Any, *, alerts: str | None = None, frames: list[str] | None = None,
+                registry: str | None = None, sites: str | None = None,
+                params: str | None = None, key: str | None = None,
+                central_public_key: str | None = None) -> Any:
+    from evidence.package import BuildError, Sources, load_alerts_file
+    from ingest.custody.log import ReceiptLog
+    from ingest.store import Store
+    from stationseal.signing import SigningError, load_signer
+
     store = Store(cfg.db_path) if cfg is not None and cfg.db_path.exists() else None
     # Alerts: a file, or the ingest's alert book (current state of each alert).
-    if args.alerts:
+    if alerts:
         try:
-            alerts = load_alerts_file(Path(args.alerts))
+            alert_docs = load_alerts_file(Path(alerts))
         except (OSError, BuildError) as e:
             raise UsageError(f"--alerts: {e}") from None
     elif store is not None:
-        alerts = {}
-        for key, body in store._db().execute("SELECT key, alert FROM alerts"):
-            alerts[str(key)] = json.loads(body)
+        alert_docs = {}
+        for k, body in store._db().execute("SELECT key, alert FROM alerts"):
+            alert_docs[str(k)] = json.loads(body)
     else:
         raise UsageError("give --alerts ALERTS.jsonl or --config CENTRAL.yaml")
     # Frames: files, or the ingest's archive.
-    if args.frames:
-        frames = [Path(p) for p in args.frames]
+    if frames:
+        frame_paths = [Path(p) for p in frames]
     elif cfg is not None and cfg.archive_dir is not None:
-        frames = sorted(Path(cfg.archive_dir).glob("frames-*.jsonl"))
+        frame_paths = sorted(Path(cfg.archive_dir).glob("frames-*.jsonl"))
     else:
         raise UsageError("give --frames FRAMES.jsonl or a CENTRAL.yaml with archive_dir")
-    for p in frames:
+    for p in frame_paths:
         if not p.is_file():
             raise UsageError(f"{p}: frames file not found")
 
@@ -57,28 +67,27 @@ def sources(args: argparse.Namespace) -> Any:
             raise UsageError(f"give --{what} or --config CENTRAL.yaml that names it")
         return Path(from_cfg)
 
-    registry = pick(args.registry, cfg.registry if cfg else None, "registry")
-    sites = pick(args.sites, cfg.detection.sites if cfg else None, "sites")
-    params = Path(args.params) if args.params else (cfg.detection.params if cfg else None)
-    key = pick(args.key, cfg.custody.key_file if cfg else None, "key")
+    reg_path = pick(registry, cfg.registry if cfg else None, "registry")
+    sites_path = pick(sites, cfg.detection.sites if cfg else None, "sites")
+    params_path = Path(params) if params else (cfg.detection.params if cfg else None)
+    key_path = pick(key, cfg.custody.key_file if cfg else None, "key")
     try:
-        signer = load_signer(key)
+        signer = load_signer(key_path)
     except SigningError as e:
         raise UsageError(f"central key: {e}") from None
-    pub = Path(str(key).removesuffix(".key") + ".pub.pem")
-    if args.central_public_key:
-        pub = Path(args.central_public_key)
+    pub = Path(central_public_key) if central_public_key else \
+        Path(str(key_path).removesuffix(".key") + ".pub.pem")
     if not pub.is_file():
         raise UsageError(f"{pub}: central public key not found (--central-public-key)")
     log = None
     if store is not None:
-        c = cfg.custody  # type: ignore[union-attr]
+        c = cfg.custody
         log = ReceiptLog(store._db, signer, origin=c.origin,
                          interval_s=c.checkpoint_interval_s,
                          max_receipts=c.checkpoint_max_receipts)
     origin = cfg.custody.origin if cfg is not None else "stationseal-central"
-    return Sources(alerts, frames, registry, sites, params, signer, pub.read_bytes(), log,
-                   origin)
+    return Sources(alert_docs, frame_paths, reg_path, sites_path, params_path, signer,
+                   pub.read_bytes(), log, origin)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -96,7 +105,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in aid)
             dest = out / (safe + (".zip" if args.zip else ""))
         try:
-            res = build(aid, src, dest, plots=False, report=False)
+            res = build(aid, src, dest, plots=not args.no_plots, report=not args.no_report,
+                        pdf=not args.no_pdf)
         except BuildError as e:
             print(f"stationseal evidence build: {aid}: {e}", file=sys.stderr)
             failed += 1
@@ -145,6 +155,8 @@ def register_build(sub: Any) -> None:
     sp.add_argument("--central-public-key", help="its public key (default: KEY.pub.pem)")
     sp.add_argument("--no-plots", action="store_true")
     sp.add_argument("--no-report", action="store_true")
+    sp.add_argument("--no-pdf", action="store_true",
+                    help="HTML report only (no WeasyPrint: the evidence extra not installed)")
     sp.set_defaults(func=cmd_build)
 
     sp = sub.add_parser("verify", help="verify an evidence package (exit 0 only if accepted)")

@@ -172,11 +172,38 @@ def _gateways_of_sites(index_paths: list[Path], sites: set[str]) -> set[str]:
 
 
 # -- choosing frames ---------------------------------------------------------------------
+def cited_origins(alert: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Per gateway, the lowest and highest sequence number the alert cites: in
+    ``evidence.origins`` / ``findings[].origins`` as runs ``{gateway, first_seq,
+    last_seq}`` or as ``[gateway, seq]`` pairs."""
+    out: dict[str, tuple[int, int]] = {}
+
+    def add(gw: Any, lo: Any, hi: Any) -> None:
+        try:
+            a, b = int(lo), int(hi)
+        except (TypeError, ValueError):
+            return
+        g = str(gw)
+        cur = out.get(g)
+        out[g] = (a, b) if cur is None else (min(cur[0], a), max(cur[1], b))
+
+    lists: list[Any] = [(alert.get("evidence") or {}).get("origins")]
+    lists += [f.get("origins") for f in alert.get("findings") or [] if isinstance(f, dict)]
+    for lst in lists:
+        if isinstance(lst, dict):  # {"reported": [...], "measured": [...]}
+            lst = [x for part in lst.values() if isinstance(part, list) for x in part]
+        for o in lst if isinstance(lst, list) else []:
+            if isinstance(o, dict) and "gateway" in o and "first_seq" in o:
+                add(o["gateway"], o["first_seq"], o.get("last_seq", o["first_seq"]))
+            elif isinstance(o, list | tuple) and len(o) == 2:
+                add(o[0], o[1], o[1])
+    return out
+
+
+
 def _choose(index: FrameIndex, alert: dict[str, Any], t0: float, t1: float,
             ctx: float) -> dict[str, list[int]]:
-    origins = {o["gateway"]: (int(o["first_seq"]), int(o["last_seq"]))
-               for o in (alert.get("evidence") or {}).get("origins") or []
-               if isinstance(o, dict) and "gateway" in o}
+    origins = cited_origins(alert)
     ev = alert.get("evidence") or {}
     out: dict[str, list[int]] = {}
     for gw, frames in index.by_gw.items():
@@ -296,7 +323,7 @@ def _zip_dir(src: Path, dest: Path) -> None:
 
 
 def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
-          report: bool = True) -> BuildResult:
+          report: bool = True, pdf: bool = True, pages: bool = True) -> BuildResult:
     t_start = time.monotonic()
     alert = src.alerts.get(alert_id)
     if alert is None:
@@ -325,14 +352,21 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
             from evidence.plots import make_plots
 
             make_plots(root, alert, sel.records, sites, sel.reproduction)
-        if report:
-            from evidence.report import write_report
-
-            write_report(root, alert, sel, rendered_pdf=True)
         head = {"format": FORMAT, "alert_id": alert_id, "rule": rule, "site": site,
                 "window": {"start": alert["start"], "end": alert["end"]},
                 "created": to_rfc3339(time.time()), "origin": src.origin,
                 "central_key_id": src.signer.key_id}
+        if report:
+            # The report states the verification result: verify what is written so far
+            # (everything but the report), then add the report and sign the manifest.
+            from evidence.report import context, write_report
+            from evidence.verify import verify_package
+
+            write_manifest(root, src.signer, head)
+            ver = verify_package(root, src.central_public_pem).to_json()
+            flat = [f for lst in sel.frames.values() for f in lst]
+            write_report(root, alert, context(root, alert, sel.records, flat, ver, params),
+                         pdf=pdf, pages=pages)
         write_manifest(root, src.signer, head)
         files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
         if out.suffix.lower() == ".zip":

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class AlertBook:
             self._known.clear()
         out = dict(doc)
         out["id"] = key
+        # Where the alert's evidence package is served (evidence/serve.py).
+        out["download_path"] = "/evidence/" + urllib.parse.quote(key, safe="") + ".zip"
         out["state"] = "new" if is_new else "update"
         out["count"] = count
         return AlertUpdate(out, first)

@@ -295,6 +295,19 @@ class DiskConfig(_Strict):
     local InfluxDB (/var/lib/influxdb)."""
 
 
+class EvidenceConfig(_Strict):
+    """Evidence packages served on the metrics port (evidence/serve.py)."""
+
+    token: str | None = None
+    token_file: Path | None = None
+    """Bearer token officers' tools send; without one, packages are not served."""
+    cache_dir: Path | None = None
+    """Where built packages are kept (default: state_dir/evidence)."""
+
+    def resolved_token(self) -> str | None:
+        return _secret(self.token, self.token_file, "evidence.token_file")
+
+
 class IngestConfig(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     influx: InfluxConfig = InfluxConfig()
@@ -312,6 +325,7 @@ class IngestConfig(_Strict):
     detection: DetectionConfig = DetectionConfig()
     metrics: MetricsConfig = MetricsConfig()
     custody: CustodyConfig = CustodyConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     series: SeriesConfig = SeriesConfig()
     disk: DiskConfig = DiskConfig()

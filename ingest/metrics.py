@@ -151,7 +151,9 @@ class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/healthz`` (JSON; 200 healthy, 503 not)."""
 
     def __init__(self, host: str, port: int, metrics: Callable[[], str],
-                 health: Callable[[], dict[str, Any]]):
+                 health: Callable[[], dict[str, Any]], extra: Any = None):
+        """``extra(path, headers)``: other routes (evidence packages); returns
+        ``(status, content type, body)`` or None when the path is not its own."""
         render = metrics
         health_fn = health
 
@@ -165,7 +167,11 @@ class MetricsServer:
                     self._send(200 if h.get("ok") else 503, "application/json",
                                json.dumps(h, sort_keys=True).encode())
                 else:
-                    self._send(404, "text/plain", b"not found\n")
+                    got = extra(self.path, self.headers) if extra is not None else None
+                    if got is not None:
+                        self._send(*got)
+                    else:
+                        self._send(404, "text/plain", b"not found\n")
 
             def _send(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)

@@ -461,8 +461,11 @@ class IngestService:
     def start(self) -> IngestService:
         self.committer.prepare()
         if self.cfg.metrics.enabled:
+            from evidence.serve import EvidenceServer
+
             self.metrics_server = MetricsServer(self.cfg.metrics.host, self._metrics_port,
-                                                self.metrics.render, self.health).start()
+                                                self.metrics.render, self.health,
+                                                EvidenceServer(self.cfg)).start()
         for name, fn in (("processor", self._processor), ("writer", self._writer),
                          ("disk-watch", self._disk_watch)):
             t = threading.Thread(target=self._guarded(name, fn), name=name, daemon=True)

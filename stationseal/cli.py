@@ -27,6 +27,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("verify", "stationseal.verify_cli", "verify an exported frames file offline"),
     ("evidence", "evidence.cli",
      "evidence packages for alerts; the central key, checkpoints and receipts"),
+    ("audit", "evidence.audit",
+     "check InfluxDB against the receipt log: changed, missing, unreceipted readings"),
     ("detect", "ingest.detectors.cli", "run the falsification detectors over records offline"),
     ("reconcile", "ingest.reconcile.cli",
      "compare vehicle test results a site reported with what its instruments measured"),

@@ -111,3 +111,28 @@ def test_demo_leaves_nothing_running(
     out, _ = demo_run
     assert _pids_with(str(out)) == []
     assert json.loads((out / "run" / "children.json").read_text()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+@pytest.mark.timeout(300)
+def test_demo_builds_an_accepted_evidence_package_for_every_alert(
+        demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "evidence"))
+    from test_report import check_pages_and_plots
+
+    from evidence.verify import verify_package
+
+    out, _ = demo_run
+    s: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    ev = s["evidence"]
+    assert ev["packages"] == len({a["id"] for a in s["alerts"]["items"]}) > 0
+    assert ev["accepted"] == ev["packages"] and not ev["not_accepted"], ev
+    index = json.loads((out / "evidence" / "index.json").read_text())
+    pub = (out / "keys" / "central.pub.pem").read_bytes()
+    for item in index["items"]:
+        pkg = out / item["package"]
+        assert verify_package(pkg, pub).ok, item
+        alert = json.loads((pkg / "alert.json").read_text())
+        check_pages_and_plots(pkg, [str(alert["rule"]), alert["summary_zh"][:6],
+                                    alert["summary_en"][:20]])

@@ -211,7 +211,11 @@ class DetectionEngine:
         self.stats.samples += 1
         if self.reorder_s <= 0:
             return self._merge(self._judge(info, s), s.time)
-        key = (s.site, s.instrument)
+        # One buffer per (site, gateway): a gateway's frames arrive in sequence order, so
+        # its newest sample is a clock for all of its instruments, and their samples are
+        # released in time order across instruments, as an offline (sorted) run judges
+        # them. Samples without an origin keep a buffer per instrument.
+        key = (s.site, "gw:" + s.origin[0]) if s.origin is not None else (s.site, s.instrument)
         buf = self._buffers.setdefault(key, [])
         heapq.heappush(buf, (s.time, next(self._tiebreak), s))
         newest = max(self._newest.get(key, s.time), s.time)
@@ -225,6 +229,15 @@ class DetectionEngine:
         info = self._site(e.site)
         self.stats.events += 1
         alerts: list[Alert] = []
+        if self.reorder_s > 0:
+            # Events are not held: first judge the site's held samples up to the event's
+            # time, so that live (reordering) and offline (sorted) runs see samples and
+            # events in the same order and raise the same alerts.
+            for key, buf in self._buffers.items():
+                if key[0] != e.site:
+                    continue
+                while buf and buf[0][0] <= e.time:
+                    alerts += self._judge(info, heapq.heappop(buf)[2])
         rt = self._routes[info.kind]
         if rt.health:
             self.health.on_event(e)

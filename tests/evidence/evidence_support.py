@@ -48,13 +48,14 @@ class Central:
                 "--frames", str(self.frames)]
 
 
-def so2(i: int) -> float:
-    if FLAT[0] <= i < FLAT[1]:
+def so2(i: int, flat: tuple[int, int] = FLAT) -> float:
+    if flat[0] <= i < flat[1]:
         return 12.3
     return round(20 + 5 * math.sin(i / 7) + (i % 3) * 0.37, 2)
 
 
-def make_central(root: Path, seconds: int = 600, readings_per_s: int = 1) -> Central:
+def make_central(root: Path, seconds: int = 600, readings_per_s: int = 1,
+                 flat: tuple[int, int] = FLAT) -> Central:
     root.mkdir(parents=True, exist_ok=True)
     reg = KeyRegistry()
     kf = generate_keypair(GW, root / "keys")
@@ -84,7 +85,8 @@ def make_central(root: Path, seconds: int = 600, readings_per_s: int = 1) -> Cen
         for i in range(s0, s0 + FRAME_S):
             for k in range(per):
                 t = T0 + i + k / per
-                rs.append(Reading("stack1.cems", "so2_mgm3", so2(i), "mg/m3", t, "N", None))
+                rs.append(Reading("stack1.cems", "so2_mgm3", so2(i, flat), "mg/m3", t, "N",
+                                  None))
                 rs.append(Reading("stack1.cems", "nox_mgm3",
                                   round(30 + 3 * math.cos((i + k / per) / 5), 2), "mg/m3",
                                   t, "N", None))
@@ -109,6 +111,9 @@ def make_central(root: Path, seconds: int = 600, readings_per_s: int = 1) -> Cen
     store.commit_batch(b.chain, b.outbox, [], b.alert_rows, b.receipts)
     rl.maybe_checkpoint(force=True)
     (root / "frames.jsonl").write_text("\n".join(lines) + "\n")
+    # The ingest's archive holds the same lines (frames as received).
+    (root / "archive").mkdir(exist_ok=True)
+    (root / "archive" / "frames-2023-11-14.jsonl").write_text("\n".join(lines) + "\n")
     recs = records_from_frames(frames)
     alerts = run_rules(recs, load_sites(root / "SITES.yaml"), load_params(root / "PARAMS.yaml"))
     with open(root / "alerts.jsonl", "w") as fh:

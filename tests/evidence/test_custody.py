@@ -230,3 +230,22 @@ def test_custody_vectors_regenerate_byte_for_byte_and_verify() -> None:
     for t in v["tree_hash_ct"]:
         assert merkle.root_from_leaf_hashes(
             [merkle.leaf_hash(bytes.fromhex(x)) for x in t["leaves"]]).hex() == t["root"]
+
+
+def test_gateway_keeps_only_the_latest_valid_checkpoint(tmp_path: Path) -> None:
+    from agent.checkpoint import keep_latest, load_latest
+    from evidence.vectors import PATH
+
+    v = json.loads(PATH.read_text())
+    pub = load_public_key(v["central_public_key"].encode())
+    keep = tmp_path / "gw" / "checkpoint.json"
+    assert keep_latest(keep, v["checkpoints"][1], pub)
+    assert not keep_latest(keep, v["checkpoints"][0], pub)  # older: kept file unchanged
+    assert load_latest(keep).number == 1  # type: ignore[union-attr]
+    forged = dict(v["checkpoints"][1])
+    forged["body"] = forged["body"].replace("number: 1", "number: 9")
+    with pytest.raises(CheckpointError, match="checkpoint_signature"):
+        keep_latest(keep, forged, pub)
+    with pytest.raises(CheckpointError, match="checkpoint_malformed"):
+        keep_latest(keep, {"body": "x", "signature": ""}, pub)
+    assert load_latest(keep).number == 1  # type: ignore[union-attr]
