@@ -22,11 +22,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ from stationseal.frame import Frame, FrameError, decode
 from stationseal.keys import KeyRegistry
 from stationseal.records import from_rfc3339, to_rfc3339
 from stationseal.signing import Signer
-from stationseal.verify import Rejected, verify_payload
 
 FORMAT = "stationseal-evidence/1"
 MIN_CONTEXT_S = 300.0
@@ -109,24 +109,38 @@ def load_alerts_file(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+_TOPIC = re.compile(r'"topic"\s*:\s*"([^"\\]*)"')
+
+
+def _lines_by_gateway(paths: Iterable[Path]) -> Iterator[tuple[str, str]]:
+    """(gateway, line) of every frames-file line, the gateway read from the topic text
+    without parsing the JSON (most lines belong to gateways a package does not need)."""
+    for p in paths:
+        with open(p, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                m = _TOPIC.search(line)
+                gw = gateway_of_topic(m.group(1)) if m else None
+                if gw is not None:
+                    yield gw, line
+
+
 class FrameIndex:
     """Frames of some gateways from frames files, decoded once (header and rows)."""
 
     def __init__(self, paths: Iterable[Path], gateways: set[str]):
         self.by_gw: dict[str, dict[int, tuple[Frame, str]]] = {g: {} for g in gateways}
-        for p in paths:
-            for ff in read_frames(p):
-                if ff.payload is None or ff.topic is None:
-                    continue
-                gw = gateway_of_topic(ff.topic)
-                if gw not in self.by_gw:
-                    continue
-                try:
-                    f = decode(ff.payload, materialize=False)
-                except FrameError:
-                    continue
-                # First copy wins (an archive never holds a frame twice; a recorder may).
-                self.by_gw[gw].setdefault(f.seq, (f, ff.topic))
+        for gw, line in _lines_by_gateway(paths):
+            if gw not in self.by_gw:
+                continue
+            ff = next(read_frames(io.StringIO(line)), None)
+            if ff is None or ff.payload is None or ff.topic is None:
+                continue
+            try:
+                f = decode(ff.payload, materialize=False)
+            except FrameError:
+                continue
+            # First copy wins (an archive never holds a frame twice; a recorder may).
+            self.by_gw[gw].setdefault(f.seq, (f, ff.topic))
 
     def span(self, f: Frame) -> tuple[float, float]:
         if f.rows:
@@ -151,23 +165,22 @@ def _sites_subset(sites_path: Path, site: str) -> tuple[dict[str, Any], set[str]
 
 
 def _gateways_of_sites(index_paths: list[Path], sites: set[str]) -> set[str]:
-    """Gateways whose frames name one of the sites (first frames of each gateway)."""
+    """Gateways whose frames name one of the sites (the first frame of each gateway)."""
     found: set[str] = set()
     seen: set[str] = set()
-    for p in index_paths:
-        for ff in read_frames(p):
-            if ff.payload is None or ff.topic is None:
-                continue
-            gw = gateway_of_topic(ff.topic)
-            if gw is None or gw in seen:
-                continue
-            try:
-                f = decode(ff.payload, materialize=False)
-            except FrameError:
-                continue
-            seen.add(gw)
-            if f.site in sites:
-                found.add(gw)
+    for gw, line in _lines_by_gateway(index_paths):
+        if gw in seen:
+            continue
+        ff = next(read_frames(io.StringIO(line)), None)
+        if ff is None or ff.payload is None:
+            continue
+        try:
+            f = decode(ff.payload, materialize=False)
+        except FrameError:
+            continue
+        seen.add(gw)
+        if f.site in sites:
+            found.add(gw)
     return found
 
 
@@ -232,29 +245,53 @@ def _choose(index: FrameIndex, alert: dict[str, Any], t0: float, t1: float,
     return out
 
 
+def _verify_frames(index: FrameIndex, todo: list[tuple[str, int]], registry: KeyRegistry
+                   ) -> None:
+    """Signature and key of every frame; two threads (the signature checks release the
+    interpreter lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stationseal.keys import KeyLookupError
+    from stationseal.signing import verify_with_key
+
+    def check(part: list[tuple[str, int]]) -> str | None:
+        for gw, s in part:
+            f, topic = index.by_gw[gw][s]
+            try:
+                _, pub = registry.lookup(f.gateway_id, f.key_id, f.created)
+            except KeyLookupError as e:
+                return f"frame {gw} seq {s}: {e}"
+            if gateway_of_topic(topic) != f.gateway_id or \
+                    not verify_with_key(f.alg, pub, f.body, f.signature):
+                return f"frame {gw} seq {s}: signature or topic does not verify"
+        return None
+
+    if not todo:
+        return
+    half = len(todo) // 2
+    parts = [todo[:half], todo[half:]] if half >= 500 else [todo]
+    with ThreadPoolExecutor(len(parts)) as ex:
+        for err in ex.map(check, parts):
+            if err is not None:
+                raise BuildError(err)
+
+
 def select(index: FrameIndex, alert: dict[str, Any], registry: KeyRegistry,
            sites: Any, params: dict[str, dict[str, Any]]) -> Selected:
+    """Frames for the package, each verified (signature, key) against the registry."""
     t0, t1 = from_rfc3339(alert["start"]), from_rfc3339(alert["end"])
-    ctx = max(MIN_CONTEXT_S, 0.25 * (t1 - t0))
-    verified: dict[tuple[str, int], Frame] = {}
+    verified: set[tuple[str, int]] = set()
+    ctx = max(MIN_CONTEXT_S, min(3600.0, 0.25 * (t1 - t0)))
     last: Reproduction | None = None
     while True:
         chosen = _choose(index, alert, t0, t1, ctx)
         frames: dict[str, list[Frame]] = {}
+        todo: list[tuple[str, int]] = []
         for gw, seqs in chosen.items():
-            lst = []
-            for s in seqs:
-                k = (gw, s)
-                f = verified.get(k)
-                if f is None:
-                    raw, topic = index.by_gw[gw][s]
-                    try:
-                        f = verify_payload(raw.payload, registry, gateway_of_topic(topic))
-                    except Rejected as e:
-                        raise BuildError(f"frame {gw} seq {s} does not verify: {e}") from None
-                    verified[k] = f
-                lst.append(f)
-            frames[gw] = lst
+            frames[gw] = [index.by_gw[gw][s][0] for s in seqs]
+            todo += [(gw, s) for s in seqs if (gw, s) not in verified]
+        _verify_frames(index, todo, registry)
+        verified.update(todo)
         flat = [f for lst in frames.values() for f in lst]
         records = records_from_frames(flat)
         last = reproduce(alert, records, flat, sites, params)
@@ -277,7 +314,7 @@ def _dump(path: Path, obj: Any) -> None:
 
 
 def _overlaps(f: Frame, t0: float, t1: float) -> bool:
-    times = [r.time for r in f.readings] or [f.created]
+    times = [r.time for r in f.iter_readings()] or [f.created]
     return max(times) >= t0 and min(times) <= t1
 
 
@@ -357,13 +394,11 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
                 "created": to_rfc3339(time.time()), "origin": src.origin,
                 "central_key_id": src.signer.key_id}
         if report:
-            # The report states the verification result: verify what is written so far
-            # (everything but the report), then add the report and sign the manifest.
+            # The report states what the builder checked; the package's verifier checks
+            # it all again from the files (docs/evidence.md §6).
             from evidence.report import context, write_report
-            from evidence.verify import verify_package
 
-            write_manifest(root, src.signer, head)
-            ver = verify_package(root, src.central_public_pem).to_json()
+            ver = _self_check(root, src, sel)
             flat = [f for lst in sel.frames.values() for f in lst]
             write_report(root, alert, context(root, alert, sel.records, flat, ver, params),
                          pdf=pdf, pages=pages)
@@ -380,6 +415,35 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
     n_frames = sum(len(v) for v in sel.frames.values())
     return BuildResult(out, alert_id, n_frames, len(sel.records), sel.context_s,
                        time.monotonic() - t_start, files)
+
+
+def _self_check(root: Path, src: Sources, sel: Selected) -> dict[str, Any]:
+    """The checks the builder made, in the verifier's report form, for the report."""
+    from stationseal.checkpoint import check_inclusion, parse_checkpoint, verify_checkpoint
+    from stationseal.signing import key_id_for, load_public_key
+
+    rc = json.loads((root / "receipts.json").read_text(encoding="utf-8"))
+    pub = load_public_key(src.central_public_pem)
+    cps = {}
+    failures: list[dict[str, str]] = []
+    for d in rc["checkpoints"]:
+        cp = parse_checkpoint(d)
+        verify_checkpoint(cp, pub)
+        cps[cp.number] = cp
+    from stationseal.checkpoint import InclusionProof
+
+    for d in rc["receipts"]:
+        p = InclusionProof.from_json(d)
+        check_inclusion(p, cps[p.checkpoint])
+    n = sum(len(v) for v in sel.frames.values())
+    if len(rc["receipts"]) != n:
+        failures.append({"reason": "receipt_missing",
+                         "detail": f"{n - len(rc['receipts'])} frame(s) without a receipt"})
+    return {"verdict": "ACCEPTED" if not failures and sel.reproduction.reproduced
+            else "REJECTED", "frames": n, "receipts": len(rc["receipts"]),
+            "checkpoints": len(cps), "reproduced": sel.reproduction.reproduced,
+            "reproduction": sel.reproduction.detail, "central_key_id": key_id_for(pub),
+            "failures": failures}
 
 
 def _write_contents(root: Path, alert: dict[str, Any], sel: Selected, src: Sources,
@@ -420,14 +484,16 @@ def _write_contents(root: Path, alert: dict[str, Any], sel: Selected, src: Sourc
                       "latest_seq_at_centre": latest})
         if src.log is None:
             continue
+        first_receipt: dict[bytes, int] = {}
+        for r in src.log.by_gateway(gw, seqs[0], seqs[-1]):
+            first_receipt.setdefault(r.frame_hash, r.index)
+        wanted = {f.seq: first_receipt[f.frame_hash] for f in lst
+                  if f.frame_hash in first_receipt}
+        got = src.log.proofs(sorted(wanted.values()))
         for f in lst:
-            rec = src.log.by_frame(f.frame_hash)
-            if rec is None:
+            if f.seq not in wanted or wanted[f.seq] not in got:
                 continue
-            got = src.log.proof(rec.index)
-            if got is None:
-                continue
-            proof, cp = got
+            proof, cp = got[wanted[f.seq]]
             cps[cp.number] = cp.dumps()
             proofs.append({"gateway": gw, "seq": f.seq, **proof.to_json()})
     _dump(root / "chain.json", {"gateways": chain})

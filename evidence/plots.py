@@ -74,6 +74,30 @@ def _thresholds(alert: dict[str, Any], signal: str, site: SiteInfo | None
     return out
 
 
+def _envelope(pts: list[tuple[float, float]], buckets: int = 1500
+              ) -> list[tuple[float, float]]:
+    """A long trace drawn as each time bucket's first, minimum, maximum and last point:
+    what a screen can show of a day at 1 Hz, with flat runs and spikes kept."""
+    if len(pts) <= 4 * buckets:
+        return pts
+    t0, t1 = pts[0][0], pts[-1][0]
+    width = (t1 - t0) / buckets or 1.0
+    out: list[tuple[float, float]] = []
+    cur: list[tuple[float, float]] = []
+    edge = t0 + width
+    for p in pts:
+        if p[0] >= edge and cur:
+            lo, hi = min(cur, key=lambda q: q[1]), max(cur, key=lambda q: q[1])
+            out += sorted({cur[0], lo, hi, cur[-1]})
+            cur = []
+            edge = t0 + width * (int((p[0] - t0) / width) + 1)
+        cur.append(p)
+    if cur:
+        lo, hi = min(cur, key=lambda q: q[1]), max(cur, key=lambda q: q[1])
+        out += sorted({cur[0], lo, hi, cur[-1]})
+    return out
+
+
 def make_plots(root: Path, alert: dict[str, Any], records: list[Record],
                sites: dict[str, SiteInfo], rep: Reproduction) -> dict[str, Any]:
     import matplotlib
@@ -118,6 +142,8 @@ def make_plots(root: Path, alert: dict[str, Any], records: list[Record],
         for (sid, inst), pts in sorted(traces.items(), key=lambda kv: (
                 kv[0][0] != site_id, kv[0][1] not in scope, kv[0])):
             pts.sort()
+            n_points = len(pts)
+            pts = _envelope(pts)
             xs = [datetime.fromtimestamp(t, UTC) for t, _ in pts]
             ys = [v for _, v in pts]
             main = sid == site_id and inst in scope
@@ -125,9 +151,9 @@ def make_plots(root: Path, alert: dict[str, Any], records: list[Record],
             if sid == site_id and not main:
                 label += " (comparison 对照)"
             ax.plot(xs, ys, lw=1.6 if main else 1.0, ls="-" if main else "--",
-                    marker="." if len(pts) < 80 else None, ms=3, label=label,
+                    marker="." if n_points < 80 else None, ms=3, label=label,
                     zorder=3 if main else 2)
-            drawn.append({"site": sid, "instrument": inst, "points": len(pts),
+            drawn.append({"site": sid, "instrument": inst, "points": n_points,
                           "main": main})
         for name, y in _thresholds(alert, sig, site):
             ax.axhline(y, color="crimson", ls=":", lw=1.2, label=f"{name} = {y:g}")

@@ -31,12 +31,28 @@ class Reproduction:
     detail: str
 
 
+def detectors_for(rule: str) -> list[str] | None:
+    """The detector ids that can raise alerts of ``rule``: the rule itself, or detectors
+    that say they raise it (the HJ 212 reconciliation raises E3 and E6); None: all."""
+    import re
+
+    from ingest.detectors import registry
+
+    reg = registry.discover()
+    out = [rule] if rule in reg.rules else []
+    pat = re.compile(r"\(alerts [^)]*\b" + re.escape(rule) + r"\b")
+    out += [rid for rid, info in reg.rules.items() if rid != rule and pat.search(info.title)]
+    return out or None
+
+
 def run_rules(records: list[Record], sites: dict[str, SiteInfo],
-              params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Like ``stationseal detect``: every rule (an alert's rule name need not be its
-    detector's id: the HJ 212 reconciliation raises E3), time order, stable for equal
-    times."""
-    engine = DetectionEngine(sites, params, None)
+              params: dict[str, dict[str, Any]], rules: list[str] | None = None
+              ) -> list[dict[str, Any]]:
+    """Like ``stationseal detect`` (``--rules``): time order, stable for equal times.
+    Only the detectors that can raise the alert need to run: each detector judges the
+    records independently of the others."""
+    engine = DetectionEngine(sites, {k: v for k, v in params.items()
+                                     if rules is None or k in rules}, rules)
     order = sorted(range(len(records)), key=lambda i: records[i].time)
     for i in order:
         engine.feed(records[i])
@@ -78,7 +94,7 @@ def reproduce(alert: dict[str, Any], records: list[Record], frames: list[Frame],
         return Reproduction(False, issues, None,
                             f"the chain check of the packaged frames finds no {kind} of "
                             f"{gw} at seq {seq}")
-    found = run_rules(records, sites, params)
+    found = run_rules(records, sites, params, detectors_for(rule))
     for a in found:
         if matches(alert, a):
             return Reproduction(True, found, a, f"{rule} fires again: {a.get('id')}")

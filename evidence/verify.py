@@ -37,6 +37,10 @@ from stationseal.keys import KeyRegistry, RegistryError
 from stationseal.records import from_rfc3339
 from stationseal.signing import SigningError, key_id_for, load_public_key, verify_with_key
 
+#: A frame sealed just before its key expired may arrive later (store-and-forward after an
+#: outage); one received longer than this after expiry is not accepted as evidence.
+RECEIPT_GRACE_S = 7 * 86400.0
+
 #: Every reason a package can be refused for (docs/evidence.md §6).
 REASONS = {
     "package_unreadable": "the package is not a directory or ZIP with a manifest",
@@ -329,6 +333,11 @@ def _check_receipts(rep: VerifyReport, frames: dict[tuple[str, int], Frame],
         if entry is not None and entry.revoked_at is not None and at >= entry.revoked_at:
             rep.fail("key_invalid_at_receipt", f"{k[0]} seq {k[1]}: received "
                      f"{at:.3f}, key {f.key_id} revoked at {entry.revoked_at:.3f}")
+        elif entry is not None and entry.valid_until is not None and \
+                at >= entry.valid_until + RECEIPT_GRACE_S:
+            rep.fail("key_invalid_at_receipt", f"{k[0]} seq {k[1]}: received "
+                     f"{at:.3f}, more than {RECEIPT_GRACE_S / 86400:.0f} days after key "
+                     f"{f.key_id} expired ({entry.valid_until:.3f})")
         proven.add(k)
     rep.receipts = len(proven)
     for k in sorted(set(frames) - proven):

@@ -16,6 +16,7 @@ checkpoints are), but against a maintenance script that "cleans up".
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sqlite3
 import time
@@ -183,6 +184,30 @@ class ReceiptLog:
         r = rows[0]
         path = merkle.inclusion_path(hashes, index - cp.first)
         return InclusionProof(cp.number, index, r.frame_hash, r.received_ms, tuple(path)), cp
+
+    def proofs(self, indexes: list[int]) -> dict[int, tuple[InclusionProof, Checkpoint]]:
+        """Inclusion proofs of many receipts, each checkpoint's leaves read once."""
+        out: dict[int, tuple[InclusionProof, Checkpoint]] = {}
+        if not indexes:
+            return out
+        rows = {r.index: r for r in self.rows(min(indexes), max(indexes) + 1)}
+        cps = [parse_checkpoint(r[0]) for r in self.db.execute(
+            "SELECT doc FROM checkpoints WHERE first + size > ? AND first <= ? ORDER BY number",
+            (min(indexes), max(indexes)))]
+        idx = sorted(indexes)
+        for cp in cps:
+            mine = idx[bisect.bisect_left(idx, cp.first):bisect.bisect_left(idx, cp.end)]
+            if not mine:
+                continue
+            hashes = [bytes(r[0]) for r in self.db.execute(
+                "SELECT leaf_hash FROM receipts WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (cp.first, cp.end))]
+            for i in mine:
+                r = rows[i]
+                path = merkle.inclusion_path(hashes, i - cp.first)
+                out[i] = (InclusionProof(cp.number, i, r.frame_hash, r.received_ms,
+                                         tuple(path)), cp)
+        return out
 
     # -- checkpoints --------------------------------------------------------------------
     def maybe_checkpoint(self, now: float | None = None, force: bool = False

@@ -212,3 +212,24 @@ def test_unknown_alert_and_missing_inputs_are_usage_errors(central: Central, tmp
     assert "no alert with id 'nope#1'" in capsys.readouterr().err
     assert main(["evidence", "build", "x", "--out", str(tmp_path / "x")]) == 2
     assert GW
+
+
+def test_frame_received_after_its_key_was_retired_is_refused(central: Central, package: Path,
+                                                             tmp_path: Path) -> None:
+    """A back-dated frame: created (by its own clock) while the key was valid, but first
+    seen by the centre after the key was retired."""
+    from stationseal.records import to_rfc3339
+
+    pkg = _copy(package, tmp_path)
+    reg = json.loads((pkg / "registry.json").read_text())
+    lines = _frame_lines(pkg)
+    from stationseal.frame import decode
+
+    f = decode(base64.b64decode(json.loads(lines[len(lines) // 2])["payload"]))
+    reg["keys"][0]["revoked_at"] = to_rfc3339(f.created + 0.25)  # receipt is +0.5 s
+    reg["keys"][0]["revocation_reason"] = "retired"
+    (pkg / "registry.json").write_text(json.dumps(reg))
+    _resign(pkg, central)
+    rep = verify_package(pkg, _pub(central))
+    bad = [x for x in rep.failures if x.reason == "key_invalid_at_receipt"]
+    assert len(bad) == 1 and f"seq {f.seq}:" in bad[0].detail, rep.to_json()
