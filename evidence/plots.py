@@ -69,7 +69,12 @@ def _thresholds(alert: dict[str, Any], signal: str, site: SiteInfo | None
         out.append(("limit 限值", float(site.limits[signal])))
     for f in alert.get("findings") or []:
         for k, v in (f.get("thresholds") or {}).items():
-            if signal in k and isinstance(v, int | float) and not isinstance(v, bool):
+            # Only a threshold named exactly after the signal (max_o2_pct on o2_pct), not
+            # one on a quantity derived from it (threshold_co_co2_pct is CO+CO2).
+            name = k
+            for pre in ("threshold_", "min_", "max_", "limit_"):
+                name = name.removeprefix(pre)
+            if name == signal and isinstance(v, int | float) and not isinstance(v, bool):
                 out.append((k, float(v)))
     return out
 

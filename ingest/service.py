@@ -77,6 +77,10 @@ class Committer:
                                      stop=stop, on_state=self._on_state)
         self.jsonl = JsonlSink(cfg.alerts.jsonl) if cfg.alerts.jsonl else None
         self.custody = open_receipt_log(cfg, store)
+        #: The latest signed checkpoint (docs/evidence.md §3), to attach to what the ingest
+        #: sends gateways (``{"checkpoint": ...}`` in the acknowledgements).
+        latest = self.custody.latest_checkpoint()
+        self.latest_checkpoint: dict[str, str] | None = latest.to_json() if latest else None
         self.series = SeriesGuard(store, cfg.series.max_new_per_gateway_day)
         metrics.set("influx_up", 1)
 
@@ -120,7 +124,9 @@ class Committer:
         self.store.commit_batch(b.chain, b.outbox, rejected + b.held, b.alert_rows,
                                 b.receipts, b.series)
         try:
-            self.custody.maybe_checkpoint()
+            cp = self.custody.maybe_checkpoint()
+            if cp is not None:
+                self.latest_checkpoint = cp.to_json()
         except Exception:
             # The receipts are committed; the next commit tries the checkpoint again.
             log.exception("signing a checkpoint failed")

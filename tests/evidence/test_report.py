@@ -83,3 +83,14 @@ def test_report_pages_show_the_rule_numbers_thresholds_and_verdict_in_both_langu
     # The flat SO2 value is what the plot's main trace shows in the flagged interval.
     info = json.loads((pkg / "plots" / "plots.json").read_text())
     assert info["signals"][0]["signal"] == "so2_mgm3"
+
+
+def test_thresholds_drawn_only_on_the_signal_they_name() -> None:
+    from evidence.plots import _thresholds
+    from ingest.detectors.base import SiteInfo
+
+    alert = {"findings": [{"thresholds": {"threshold_co_co2_pct": 6.0, "max_o2_pct": 0.5,
+                                          "min_seconds": 5}}]}
+    site = SiteInfo("S", "vehicle_inspection", limits={"o2_pct": 21.0})
+    assert _thresholds(alert, "o2_pct", site) == [("limit 限值", 21.0), ("max_o2_pct", 0.5)]
+    assert _thresholds(alert, "co2_pct", None) == []
