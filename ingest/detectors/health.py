@@ -25,7 +25,9 @@ The checks are generic — any site kind, any signal of docs/signals.md:
   of ambient air and exhaust contains (:func:`gas_possible`): it is not sampling gas at all;
 * **saturated**: a run pinned at a sensor's ceiling (or floor): at the most extreme value
   the stream ever reported while its other values approach that value continuously (the
-  signature of clipping, learned per stream by :class:`CeilingTracker`), or a constant
+  signature of clipping, learned per stream by :class:`CeilingTracker`) and while the
+  instrument's other channels keep moving (a sensor clips one channel; a frozen
+  instrument freezes them all), or a constant
   outside the signal's plausible operating range (:data:`PLAUSIBLE_RANGE`), which a program
   faking a signal would not choose.
 
@@ -260,15 +262,35 @@ _GAS = frozenset({"o2_pct", "co2_pct"})
 _NO_GAS_SIGNALS = ("o2_pct", "co2_pct", "co_pct", "hc_ppm", "lambda")
 
 
+def _frozen_together(cols: Mapping[str, Sequence[float | None]], sig: str, i: int, j: int
+                     ) -> bool:
+    """Every other signal of the instrument is constant too over ``[i, j)``.
+
+    A sensor clips one channel; a frozen instrument (or a lane program holding its last
+    reading) freezes all of them — that is not a ceiling, it is for the rules to judge.
+    """
+    others = [c for k, c in cols.items() if k != sig]
+    if not others:
+        return False
+    for c in others:
+        vals = {v for v in c[i:j] if v is not None}
+        if len(vals) > 1:
+            return False
+    return True
+
+
 def assess(
     site: str, instrument: str, samples: Sequence[Sample], *,
-    min_run: int = 3, ceilings: CeilingTracker | None = None, stream_key: str = "",
+    min_run: int = 3, min_constant: int = 10, ceilings: CeilingTracker | None = None,
+    stream_key: str = "",
 ) -> list[Fault]:
     """Fault runs among one instrument's samples (time order), by the checks above.
 
-    ``min_run`` samples in a row make a zero/all-zero/no-gas/saturated run (a single odd
-    sample is noise); one sample suffices for *flagged* and *impossible*. ``ceilings``:
-    learned sensor ceilings per stream (``stream_key + signal``), for *saturated*.
+    ``min_run`` samples in a row make a zero/all-zero/no-gas run (a single odd sample is
+    noise), ``min_constant`` a saturated one (a slow quantity read at a coarse resolution
+    holds one value for a few seconds); one sample suffices for *flagged* and
+    *impossible*. ``ceilings``: learned sensor ceilings per stream (``stream_key +
+    signal``), for *saturated*.
 
     Cost: one pass per signal with the builtin min/max; the run searches only start when
     a column's extremes say a fault is possible, so a healthy window costs little.
@@ -300,9 +322,10 @@ def assess(
             if j - i >= min_run:
                 add("all_zero", ("*",), i, j)
                 in_zero_row.update(range(i, j))
-    cols: dict[str, list[float | None]] = {}
+    cols: dict[str, list[float | None]] = {sig: [s.values.get(sig) for s in samples]
+                                           for sig in signals}
     for sig in signals:
-        col = cols[sig] = [s.values.get(sig) for s in samples]
+        col = cols[sig]
         present = [v for v in col if v is not None]
         lo, hi = min(present), max(present)
         r = PHYSICAL_RANGE.get(sig)
@@ -324,14 +347,15 @@ def assess(
         limit = ceilings is not None and (ceilings.is_limit(stream_key + sig, hi)
                                           or ceilings.is_limit(stream_key + sig, lo))
         if outside or limit:
-            for i, j in constant_runs(col, min_run):
+            for i, j in constant_runs(col, min_constant):
                 v = col[i]
                 assert v is not None
                 if (v == 0.0 and sig in DEAD_AT_ZERO) or not physically_possible(sig, v):
                     continue
                 if pr is not None and not (pr[0] <= v <= pr[1]):
                     add("saturated", (sig,), i, j, value=v, plausible_range=list(pr))
-                elif ceilings is not None and ceilings.is_limit(stream_key + sig, v):
+                elif ceilings is not None and ceilings.is_limit(stream_key + sig, v) \
+                        and not _frozen_together(cols, sig, i, j):
                     add("saturated", (sig,), i, j, value=v, ceiling=v)
     # exhaust analyzer sampling no gas at all
     if "o2_pct" in cols and "co2_pct" in cols:
@@ -357,9 +381,11 @@ class CeilingTracker:
     when it is the stream's maximum (minimum), was reported in at least ``min_episodes``
     (2) separate windows (tests), at least ``min_approach`` (3) readings lie within
     ``band`` (5 %) below (above) it, and the count at ``v`` is at least ``mass_ratio``
-    (5) times the mean count per distinct value in that band. A faked constant has no
-    approach, or the stream goes beyond it; a slowly varying reading at its running
-    maximum has no point mass.
+    (5) times the mean count per distinct value in that band, and at least once the
+    stream ran into ``v`` gradually within one window (the reading before it lay in the
+    band). A faked constant has no approach, or the stream goes beyond it, or it starts
+    at a window's edge (a lane program switched to a default value); a slowly varying
+    reading at its running maximum has no point mass.
     """
 
     __slots__ = ("band", "mass_ratio", "min_approach", "min_episodes", "streams")
@@ -371,7 +397,7 @@ class CeilingTracker:
         self.min_episodes = min_episodes
         self.mass_ratio = mass_ratio
         # key -> (max side, min side); each side: [extreme, count at it, episodes at it,
-        # {value: count} within the band on the inner side]
+        # {value: count} within the band on the inner side, episodes entered gradually]
         self.streams: dict[str, tuple[list[Any], list[Any]]] = {}
 
     def observe(self, key: str, values: Iterable[float]) -> None:
@@ -380,23 +406,28 @@ class CeilingTracker:
             return
         st = self.streams.get(key)
         if st is None:
-            st = self.streams[key] = ([-math.inf, 0, 0, {}], [math.inf, 0, 0, {}])
+            st = self.streams[key] = ([-math.inf, 0, 0, {}, 0], [math.inf, 0, 0, {}, 0])
         for side, ext, sign in ((st[0], max(vals), 1.0), (st[1], min(vals), -1.0)):
             if sign * ext > sign * side[0]:
                 # a new extreme: the old one and its band no longer count as a limit
-                side[0], side[1], side[2] = ext, 0, 0
+                side[0], side[1], side[2], side[4] = ext, 0, 0, 0
                 side[3] = {v: c for v, c in side[3].items() if self._near(ext, v, sign)}
             top = side[0]
             at = 0
+            entered = False
             near: dict[float, int] = side[3]
+            prev: float | None = None
             for v in vals:
                 if v == top:
                     at += 1
+                    entered = entered or (prev is not None and self._near(top, prev, sign))
                 elif self._near(top, v, sign):
                     near[v] = near.get(v, 0) + 1
+                prev = v
             if at:
                 side[1] += at
                 side[2] += 1
+                side[4] += entered
             if len(near) > 256:  # bounded: keep the values closest to the extreme
                 keep = sorted(near, key=lambda v: abs(top - v))[:128]
                 side[3] = {v: near[v] for v in keep}
@@ -410,7 +441,7 @@ class CeilingTracker:
         if st is None:
             return False
         for side in st:
-            if value != side[0] or side[2] < self.min_episodes:
+            if value != side[0] or side[2] < self.min_episodes or side[4] < 1:
                 continue
             near = side[3]
             n = sum(near.values())

@@ -64,9 +64,9 @@ from stationseal.records import Sample, SiteEvent
 
 ALIGN_S = 0.1
 #: Signals whose sensor ceilings are learned per lane: those that clip in practice (an oil
-#: probe at its full scale, a humidity sensor at 100 % in fog) and that rules judge on
-#: being constant.
-CEILING_SIGNALS: tuple[str, ...] = ("oil_temp_c", "ambient_rh_pct")
+#: probe at its full scale) and that a rule judges on being constant (V2). Weather is
+#: judged on all channels together (V9), which one clipping channel cannot mimic.
+CEILING_SIGNALS: tuple[str, ...] = ("oil_temp_c",)
 
 
 def lane_of(instrument: str, test_lane: str | None = None) -> str:

@@ -60,8 +60,15 @@ class NudgedResultsDetector(segments.PerTestDetector):
 
     * near-limit share > ``max_share_ratio`` (3) × the fleet baseline, with at least
       ``min_near_tests`` (5) such tests and a one-sided binomial p-value ≤ ``max_p_value``
-      (0.001) — the ratio alone fires on small counts by chance; and/or
+      (0.001) — the ratio alone fires on small counts by chance — while the pass-rate
+      z-score is at least ``min_share_z`` (−1): nudging turns failures into passes, so a
+      cluster under the limit at a station passing clearly fewer cars than the fleet is
+      its clientele, not editing; and/or
     * pass-rate z-score (observed passes vs per-method fleet pass rates) > ``max_z`` (3).
+
+    The baseline leaves out other stations whose own results cluster under the limit (the
+    share test alone), so that a few nudging stations do not raise the fleet's
+    near-limit share and hide one another.
 
     Tests whose analyzer or opacimeter the health layer found faulty are not scored (a
     dead analyzer "passes" every car and is an I-HEALTH fault, not a nudged result).
@@ -82,6 +89,7 @@ class NudgedResultsDetector(segments.PerTestDetector):
         "min_station_tests": 40,
         "min_fleet_tests": 200,
         "check_every_tests": 50,
+        "min_share_z": -1.0,
     }
 
     def __init__(self, sites: Any, params: dict[str, Any] | None = None):
@@ -119,15 +127,49 @@ class NudgedResultsDetector(segments.PerTestDetector):
             out += self._evaluate(site)
         return out
 
+    def _outliers(self, site_id: str) -> dict[str, _Counts]:
+        """Per method, the counts of *other* stations whose own results cluster under the
+        limit (share test alone): left out of the baseline, so that a few nudging stations
+        do not raise the fleet's near-limit share and hide each other."""
+        p = self.p
+        out: dict[str, _Counts] = {}
+        for sid, st in self.stations.items():
+            if sid == site_id or st.n < p["min_station_tests"]:
+                continue
+            n = exp = 0.0
+            near = 0
+            for method, c in st.by_method.items():
+                f = self.fleet[method]
+                on, onear = f.n - c.n, f.near - c.near
+                if on <= 0:
+                    continue
+                n += c.n
+                near += c.near
+                exp += c.n * (onear + 0.5) / (on + 1.0)
+            if n <= 0 or near < p["min_near_tests"] or exp <= 0:
+                continue
+            base = exp / n
+            if (near / n) / base > p["max_share_ratio"] and \
+                    _binomial_tail(int(n), near, base) <= p["max_p_value"]:
+                for method, c in st.by_method.items():
+                    o = out.setdefault(method, _Counts())
+                    o.n += c.n
+                    o.near += c.near
+                    o.passed += c.passed
+        return out
+
     def _evaluate(self, site_id: str) -> list[Alert]:
         p = self.p
         st = self.stations[site_id]
         n = exp_near = exp_pass = var_pass = 0.0
         near = passed = 0
         others_n = 0
+        skip = self._outliers(site_id)
         for method, c in st.by_method.items():
             f = self.fleet[method]
-            on, onear, opass = f.n - c.n, f.near - c.near, f.passed - c.passed
+            x = skip.get(method, _Counts())
+            on, onear, opass = f.n - c.n - x.n, f.near - c.near - x.near, \
+                f.passed - c.passed - x.passed
             if on <= 0:
                 continue
             p_near = (onear + 0.5) / (on + 1.0)
@@ -145,8 +187,10 @@ class NudgedResultsDetector(segments.PerTestDetector):
         ratio = (near / n) / baseline
         p_value = _binomial_tail(int(n), near, baseline)
         z = (passed - exp_pass) / math.sqrt(var_pass) if var_pass > 0 else 0.0
+        # Nudging turns failures into passes just under the limit: a cluster under the
+        # limit at a station that passes clearly fewer cars than the fleet is its clientele.
         share_hit = (ratio > p["max_share_ratio"] and near >= p["min_near_tests"]
-                     and p_value <= p["max_p_value"])
+                     and p_value <= p["max_p_value"] and z >= p["min_share_z"])
         z_hit = z > p["max_z"]
         if not (share_hit or z_hit):
             return []

@@ -25,13 +25,17 @@ class FabricatedObdDetector(segments.PerTestDetector):
     * ``max_distinct_throttle`` (20): at most this many distinct ``obd_throttle_pct`` values
       over ``min_throttle_seconds`` (60) seconds; only for ``throttle_methods`` (VMAS), as
       steady-state and snap tests legitimately show few throttle positions.
-    * ``max_abs_corr`` (0.3): |corr(OBD rpm, dyno speed)| below it while the speed varies
+    * ``max_abs_corr`` (0.3): corr(OBD rpm, dyno speed) below it (a negative correlation
+      is no more physical than none: in gear, engine speed rises with road speed) while
+      the speed varies
       (std ≥ ``min_speed_std_kmh``, 5 km/h); likewise against the lane tachometer's rpm when
       that varies (std ≥ ``min_rpm_std``, 100 /min) — the tachometer case covers tests without
-      a dynamometer. At least ``min_corr_seconds`` (30) aligned seconds.
+      a dynamometer. At least ``min_corr_seconds`` (20) aligned seconds.
     * ``max_distinct_offsets`` (6): at most this many distinct OBD−dyno speed differences,
       rounded to ``offset_resolution`` (0.01 km/h; the dyno's resolution, which must be finer
-      than OBD's 1 km/h), over ``min_offset_seconds`` (20) seconds above ``min_moving_kmh``.
+      than OBD's 1 km/h), over ``min_offset_seconds`` (20) seconds above ``min_moving_kmh``
+      (each OBD reading taken against the roller speed of the second before, the same or
+      the next, whichever difference is most common: instruments land a second apart).
     * Across tests of a site: the same odometer (``obd_odometer_km`` at test start, or the lane's
       ``odometer_km``) on ``min_vins_same_odometer`` (3) different VINs within
       ``odometer_window_days`` (30). The document says "different VINs"; two VINs are not
@@ -51,7 +55,7 @@ class FabricatedObdDetector(segments.PerTestDetector):
         "max_abs_corr": 0.3,
         "min_speed_std_kmh": 5.0,
         "min_rpm_std": 100.0,
-        "min_corr_seconds": 30,
+        "min_corr_seconds": 20,
         "max_distinct_offsets": 6,
         "offset_resolution": 0.01,
         "min_offset_seconds": 20,
@@ -98,16 +102,13 @@ class FabricatedObdDetector(segments.PerTestDetector):
             r = segments.pearson(xs, ys)
             key = f"corr_obd_rpm_{'speed' if ref == 'speed_kmh' else 'rpm'}"
             ev[key] = None if r is None else round(r, 3)
-            if r is None or abs(r) < p["max_abs_corr"]:
+            if r is None or r < p["max_abs_corr"]:
                 rs = "undefined" if r is None else f"{r:.2f}"
                 found_en.append(f"OBD rpm unrelated to {name_en} (r = {rs}, "
-                                f"|r| < {p['max_abs_corr']})")
+                                f"r < {p['max_abs_corr']})")
                 found_zh.append(f"OBD 转速与{name_zh}无相关性（r = {rs}，阈值 "
-                                f"|r| < {p['max_abs_corr']}）")
-        res = p["offset_resolution"]
-        offs = [round(round((s.values["obd_speed_kmh"] - s.values["speed_kmh"]) / res) * res, 6)
-                for s in test.seconds if "obd_speed_kmh" in s.values
-                and s.values.get("speed_kmh", 0.0) > p["min_moving_kmh"]]
+                                f"r < {p['max_abs_corr']}）")
+        offs = self._offsets(test)
         if len(offs) >= p["min_offset_seconds"]:
             distinct_offs = sorted(set(offs))
             ev["distinct_speed_offsets"] = len(distinct_offs)
@@ -127,6 +128,30 @@ class FabricatedObdDetector(segments.PerTestDetector):
             test, "high" if len(found_en) >= 2 else "medium",
             "Fabricated OBD data stream suspected: " + "; ".join(found_en),
             "疑似伪造 OBD 数据流：" + "；".join(found_zh), ev, obd)]
+
+    def _offsets(self, test: segments.TestRecord) -> list[float]:
+        """OBD − roller speed per OBD second, rounded to ``offset_resolution``.
+
+        Instruments polled in turn land a second apart at times, so each OBD reading is
+        compared with the roller speed of the second before, the same and the next; of
+        those three differences the one most common over the test is taken (a fabricated
+        stream reuses a few offsets; a real one gives a new difference every second).
+        """
+        p = self.p
+        res = p["offset_resolution"]
+        roller = {s.t: s.values["speed_kmh"] for s in test.seconds if "speed_kmh" in s.values}
+        cands: list[list[float]] = []
+        for s in test.seconds:
+            v = s.values
+            if "obd_speed_kmh" not in v or roller.get(s.t, 0.0) <= p["min_moving_kmh"]:
+                continue
+            cands.append([round(round((v["obd_speed_kmh"] - roller[k]) / res) * res, 6)
+                          for k in (s.t - 1, s.t, s.t + 1) if k in roller])
+        freq: dict[float, int] = {}
+        for c in cands:
+            for x in set(c):
+                freq[x] = freq.get(x, 0) + 1
+        return [max(c, key=lambda x: (freq[x], -abs(x))) for c in cands]
 
     def _odometer(self, test: segments.TestRecord) -> list[Alert]:
         odo = test.detail("odometer_km")

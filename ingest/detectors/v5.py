@@ -21,7 +21,8 @@ class AnalyzerScalingDetector(segments.PerTestDetector):
 
     Rule (proposed): at least ``min_seconds`` (5) scored seconds with CO+CO2 below
     ``max_co_co2_pct`` (13 %), O2 below ``max_o2_pct`` (0.5 %) and the analyzer's lambda within
-    ``lambda_band`` (0.97–1.03). Gasoline methods only. Seconds the health layer found
+    ``lambda_band`` (0.95–1.05, GB 18285's normal lambda range: combustion anywhere in
+    it gives 14.5 % carbon or more). Gasoline methods only. Seconds the health layer found
     faulty (a dead bench reads 0 % CO2 *and* 0 % O2: no gas at all) are not judged.
 
     Severity (evidence required): high when at least half of the scored seconds qualify
@@ -33,7 +34,7 @@ class AnalyzerScalingDetector(segments.PerTestDetector):
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "max_co_co2_pct": 13.0,
         "max_o2_pct": 0.5,
-        "lambda_band": [0.97, 1.03],
+        "lambda_band": [0.95, 1.05],
         "min_seconds": 5,
         "methods": ["idle", "asm5025", "asm2540", "vmas"],
     }

@@ -49,6 +49,8 @@ class _Curve:
 
 
 _GASOLINE_SIGNALS = ["co2_pct", "o2_pct", "hc_ppm", "no_ppm", "co_pct"]
+#: Signals computed from others (opacity from K): not an independent level.
+_DERIVED = frozenset({"opacity_pct", "lambda"})
 _DIESEL_SIGNALS = ["k_m1", "opacity_pct", "nox_ppm", "co2_pct", "rpm"]
 
 
@@ -64,7 +66,7 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
     site within ``window_h`` (24 h), when the two vehicles differ (plate and VIN), on their
     scored seconds aligned on the first scored second with a shift of up to ``max_lag_s``
     (2 s); at least ``min_curve_seconds`` (60) aligned seconds for VMAS and
-    ``min_steady_seconds`` (10) for the other methods. Signals: ``signals``/
+    ``min_steady_seconds`` (8) for the other methods. Signals: ``signals``/
     ``level_signals`` for gasoline methods, ``diesel_signals`` for diesel ones. Values
     the health layer found faulty are not compared. Pairs whose main level (mean CO2, or
     K for diesel) differs by more than ``prefilter_rel`` (25 %) plus six standard errors
@@ -86,10 +88,16 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
       signal of ``signals`` (CO2 and HC);
     * **level** — the mean levels of the gas signals agree within instrument noise: the
       sum of squared z-scores of the mean differences (noise from second-to-second
-      differences) stays below the chi-square quantile for ``level_alpha`` (0.001), over
-      at least ``min_level_signals`` (3) signals that carry noise. Judged for the steady
-      methods of ``level_methods`` (a transient protocol's levels say little); on VMAS
-      only when the CO2 shapes also agree (r > ``level_min_r``, 0.95). Two different cars
+      differences) stays below the chi-square quantile for ``level_alpha`` (1e-5: a test
+      is compared with every test of its method within the window, hundreds of pairs a
+      day), over at least ``min_level_signals`` (3) independent signals that carry noise
+      (opacity, computed from K, does not count), also across the steady methods (a
+      bottle gives the same gas whatever the protocol). Exhaust-like gas (carbon in the
+      combustion band, below) must agree more closely — within the chi-square quantile
+      for ``exhaust_level_alpha`` (0.01) — as every clean car at lambda 1 burns to about
+      the same CO2 and O2. Judged for the steady methods of
+      ``level_methods`` (a transient protocol's levels say little); on VMAS only when the
+      CO2 shapes also agree (r > ``level_min_r``, 0.95). Two different cars
       practically never share five exhaust levels to within noise; a bottle of standard
       gas always does.
 
@@ -102,10 +110,11 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
     * high: identical or replayed curves, or shape agreement on VMAS (the same recording
       under two plates); matching levels of a gas no engine produces (carbon outside
       ``combustion_carbon_pct``, 12.5–16.5 %, at O2 below ``combustion_max_o2_pct``,
-      1 %: a gas bottle) or matching levels shared by three or more tests; a pass within
-      half of ``max_retest_min`` after a fail;
-    * medium: matching levels of two tests of exhaust-like gas; a pass after a fail within
-      ``max_retest_min``.
+      1 %: a gas bottle); a pass within half of ``max_retest_min`` after a fail;
+    * medium: matching levels of exhaust-like gas shared by three or more tests; a pass
+      after a fail within ``max_retest_min``;
+    * low: matching levels of exhaust-like gas in just two tests (chance, at hundreds of
+      pairs a day, is not negligible).
     """
 
     rule: ClassVar[str] = "V6"
@@ -116,13 +125,14 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
         "level_signals": list(_GASOLINE_SIGNALS),
         "diesel_signals": list(_DIESEL_SIGNALS),
         "level_min_r": 0.95,
-        "level_alpha": 0.001,
+        "level_alpha": 1e-5,
+        "exhaust_level_alpha": 0.01,
         "min_level_signals": 3,
         "level_methods": ["idle", "asm5025", "asm2540", "lug_down"],
         "curve_methods": ["vmas"],
         "max_lag_s": 2,
         "min_curve_seconds": 60,
-        "min_steady_seconds": 10,
+        "min_steady_seconds": 8,
         "identical_share": 0.9,
         "replay_max_noise_ratio": 0.35,
         "combustion_carbon_pct": [12.5, 16.5],
@@ -168,6 +178,21 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
             if found is not None:
                 matches.append((other, found))
         pool.append(mine)
+        # A bottle gives the same gas whatever the protocol: levels are also compared with
+        # the other steady methods' tests.
+        if test.method in p["level_methods"]:
+            for method in p["level_methods"]:
+                if method == test.method:
+                    continue
+                if (method in vres.DIESEL_METHODS) != (test.method in vres.DIESEL_METHODS):
+                    continue
+                for other in self.curves.get((test.site, method), ()):
+                    if other.start < horizon or other.plate == mine.plate or \
+                            (mine.vin and other.vin == mine.vin):
+                        continue
+                    found = self._levels(mine, other, None)
+                    if found is not None:
+                        matches.append((other, found))
         if not matches:
             return []
         order = {"identical": 0, "replay": 1, "shape": 2, "level": 3}
@@ -180,8 +205,8 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
             for _, f in matches:
                 if f["by"] == "level":
                     f["non_combustion_gas"] = bottled
-            if not bottled and len(matches) < 2:
-                sev = "medium"
+            if not bottled:
+                sev = "medium" if len(matches) >= 2 else "low"
         plates = sorted({m.plate for m, _ in matches})
         how = {"identical": "bit-identical values", "replay": "the same fluctuations",
                "shape": "shape", "level": "the same gas levels within noise"}[by]
@@ -360,7 +385,8 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
 
     def _levels(self, a: _Curve, b: _Curve, gate_r: float | None) -> dict[str, Any] | None:
         p = self.p
-        common = [s for s in self._signals(a.method) if s in a.levels and s in b.levels]
+        common = [s for s in self._signals(a.method) if s in a.levels and s in b.levels
+                  and s not in _DERIVED]
         informative = [s for s in common if a.levels[s][1] > 0 or b.levels[s][1] > 0]
         if len(informative) < p["min_level_signals"]:
             return None
@@ -370,7 +396,11 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
             se = math.hypot(sa, sb)
             zs[s] = abs(ma - mb) / se if se > 0 else (0.0 if ma == mb else math.inf)
         chi2 = sum(z * z for z in zs.values())
-        if chi2 > _chi2_quantile(len(zs), 1.0 - p["level_alpha"]):
+        lo, hi = p["combustion_carbon_pct"]
+        bottled = a.combustion(lo, hi, p["combustion_max_o2_pct"]) is False and \
+            b.combustion(lo, hi, p["combustion_max_o2_pct"]) is False
+        alpha = p["level_alpha"] if bottled else p["exhaust_level_alpha"]
+        if chi2 > _chi2_quantile(len(zs), 1.0 - alpha):
             return None
         out: dict[str, Any] = {"by": "level", "level_chi2": round(chi2, 2),
                                "level_z": {k: round(v, 2) for k, v in zs.items()},

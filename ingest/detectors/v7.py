@@ -44,7 +44,8 @@ class ShortenedTestDetector(segments.PerTestDetector):
       second — a 2 s spacing, then two samples in one second — has not cut anything) and
       leaving at least ``min_missing_s`` (2) seconds unsampled beyond the interval.
       A splice cuts every instrument at once, a lost connection one: a gap is
-      *corroborated* when another stream covering the same time shows it too.
+      *corroborated* when at least two streams show it, their gaps share at least
+      ``min_missing_s`` of time, and no other instrument reported inside it.
     * **phase shortfall** (only when the lane labelled the phases itself, with the phase
       names of the method): a scored phase lasts less than ``expected_phase_seconds``
       (GB 18285 / GB 3847: high idle and idle 30 s, ASM fast mode 10 s, VMAS trace 195 s,
@@ -61,11 +62,11 @@ class ShortenedTestDetector(segments.PerTestDetector):
 
     * high: a corroborated gap touching a scored phase with ≥ ``high_missing_s`` (4) s
       missing, or a lane-labelled scored phase short by ≥ ``high_shortfall_s`` (5) s;
-    * medium: any other corroborated gap, a gap in the only stream covering that time
-      with ≥ ``high_missing_s`` s missing, a smaller phase shortfall, a missing scored
+    * medium: any other corroborated gap, a gap of ≥ ``high_missing_s`` s in a test
+      recorded by a single instrument, a smaller phase shortfall, a missing scored
       phase, an inferred VMAS test too short;
-    * low: a gap in one stream while the others kept reporting (a lost connection, context
-      for I-DROP/I-HEALTH rather than evidence of a splice).
+    * low: a gap that other instruments did not share (a lost connection, a poll
+      timeout: context for I-DROP/I-HEALTH rather than evidence of a splice).
     """
 
     rule: ClassVar[str] = "V7"
@@ -129,6 +130,7 @@ class ShortenedTestDetector(segments.PerTestDetector):
             else:
                 groups.append([g])
         phase_at = {s.t: s.phase for s in test.seconds}
+        streams_all = test.by_instrument()
         out: list[tuple[Severity, dict[str, Any], str, str]] = []
         for grp in groups:
             a = max(g.a for g in grp)
@@ -137,24 +139,30 @@ class ShortenedTestDetector(segments.PerTestDetector):
             b0 = max(g.b for g in grp)
             streams = sorted({g.instrument for g in grp})
             covering = sorted(i for i, (s0, s1) in spans.items() if s0 < a and s1 > b)
+            # Another instrument reporting inside the gap: the lane was recording, this
+            # stream lost data (a cable, a poll timeout); a splice leaves nothing inside.
+            alive = sorted(i for i, ss in streams_all.items() if i not in streams
+                           and any(a + 0.5 < x.time < b - 0.5 for x in ss))
             missing = max(g.missing for g in grp)
             scored = any(phase_at.get(k) in vres.SCORED_PHASES
                          for k in range(segments.second_of(a0), segments.second_of(b0) + 1))
-            corroborated = len(streams) >= 2
+            # A splice removes one span of time from every stream: the gaps must share at
+            # least ``min_missing_s`` (two lost connections that merely overlap do not).
+            corroborated = len(streams) >= 2 and not alive and b - a >= p["min_missing_s"]
+            sev: Severity
             if corroborated:
-                sev: Severity = "high" if scored and missing >= p["high_missing_s"] \
-                    else "medium"
-            elif len(covering) <= 1:
-                sev = "medium" if missing >= p["high_missing_s"] else "low"
+                sev = "high" if scored and missing >= p["high_missing_s"] else "medium"
+            elif not alive and len(spans) == 1 and missing >= p["high_missing_s"]:
+                sev = "medium"  # a test recorded by one instrument only: nothing to compare
             else:
                 sev = "low"
             ev = {"check": "gap", "streams": streams, "covering_streams": covering,
+                  "streams_reporting_inside": alive,
                   "corroborated": corroborated, "missing_seconds": round(missing, 1),
                   "gap": [round(a0 - t0, 1), round(b0 - t0, 1)], "in_scored_phase": scored,
                   "intervals_s": {i: test.intervals.get(i) for i in streams}}
             who = ", ".join(streams)
-            alone = "" if corroborated or len(covering) <= 1 else \
-                "; other instruments kept reporting"
+            alone = f"; {', '.join(alive)} kept reporting" if alive else ""
             out.append((sev, ev,
                         f"{who} {'all ' if corroborated else ''}missing {missing:.0f} s "
                         f"(s {a0 - t0:.0f}–{b0 - t0:.0f}"

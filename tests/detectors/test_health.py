@@ -77,6 +77,9 @@ def test_saturation_learned_from_the_clipping_signature_and_outside_plausible_ra
         ceil.observe(key + "oil_temp_c", test)
     assert not ceil.is_limit(key + "oil_temp_c", 118.0)  # one episode is not yet a ceiling
     ceil.observe(key + "oil_temp_c", [118.0] * 40)
+    # ... nor two, until the stream is once seen running into it (not a switched-in value)
+    assert not ceil.is_limit(key + "oil_temp_c", 118.0)
+    ceil.observe(key + "oil_temp_c", [117.5, 117.8] + [118.0] * 30)
     [f] = assess("S1", "a", pinned, ceilings=ceil, stream_key=key)
     assert f.kind == "saturated" and f.detail["ceiling"] == 118.0
     ceil.observe(key + "oil_temp_c", [118.5])  # the stream goes beyond: no ceiling there
