@@ -386,6 +386,7 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
         root.mkdir()
         _write_contents(root, alert, sel, src, registry, sites_doc, params)
         if plots:
+            _need("matplotlib", "plots (--no-plots)")
             from evidence.plots import make_plots
 
             make_plots(root, alert, sel.records, sites, sel.reproduction)
@@ -396,6 +397,8 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
         if report:
             # The report states what the builder checked; the package's verifier checks
             # it all again from the files (docs/evidence.md §6).
+            if pdf:
+                _need("weasyprint", "the PDF report (--no-pdf)")
             from evidence.report import context, write_report
 
             ver = _self_check(root, src, sel)
@@ -415,6 +418,14 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
     n_frames = sum(len(v) for v in sel.frames.values())
     return BuildResult(out, alert_id, n_frames, len(sel.records), sel.context_s,
                        time.monotonic() - t_start, files)
+
+
+def _need(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise BuildError(f"{what} need {module}: pip install 'stationseal[evidence]' on the "
+                         "central side")
 
 
 def _self_check(root: Path, src: Sources, sel: Selected) -> dict[str, Any]:
