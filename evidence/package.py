@@ -457,9 +457,15 @@ def _self_check(root: Path, src: Sources, sel: Selected) -> dict[str, Any]:
             "failures": failures}
 
 
+def _lines(items: Any) -> str:
+    enc = json.JSONEncoder(separators=(",", ":")).encode
+    return "[\n" + ",\n".join(enc(x) for x in items) + "\n]"
+
+
 def _write_contents(root: Path, alert: dict[str, Any], sel: Selected, src: Sources,
                     registry: KeyRegistry, sites_doc: dict[str, Any],
                     params: dict[str, dict[str, Any]]) -> None:
+    enc = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     # Frames, exactly as received, per gateway in sequence order.
     with open(root / "frames.jsonl", "w", encoding="utf-8") as fh:
         for gw in sorted(sel.frames):
@@ -508,17 +514,17 @@ def _write_contents(root: Path, alert: dict[str, Any], sel: Selected, src: Sourc
             cps[cp.number] = cp.dumps()
             proofs.append({"gateway": gw, "seq": f.seq, **proof.to_json()})
     _dump(root / "chain.json", {"gateways": chain})
-    _dump(root / "receipts.json", {
-        "origin": src.origin, "central_key_id": src.signer.key_id,
-        "checkpoints": [json.loads(cps[n]) for n in sorted(cps)],
-        "receipts": proofs})
+    # One receipt per line: a day of frames makes tens of thousands of them.
+    rc_doc = {"origin": src.origin, "central_key_id": src.signer.key_id,
+              "checkpoints": [json.loads(cps[n]) for n in sorted(cps)], "receipts": proofs}
+    (root / "receipts.json").write_text(
+        "{" + ",\n".join(f"{json.dumps(k)}: {enc(v) if k != 'receipts' else _lines(v)}"
+                          for k, v in rc_doc.items()) + "}\n", encoding="utf-8")
     # What the rule judged, and how to run it again.
     det = root / "detect"
     det.mkdir()
     with open(det / "records.jsonl", "w", encoding="utf-8") as fh:
-        for r in sel.records:
-            fh.write(json.dumps(record_to_json(r), ensure_ascii=False,
-                                separators=(",", ":")) + "\n")
+        fh.writelines(enc(record_to_json(r)) + "\n" for r in sel.records)
     (det / "SITES.yaml").write_text(yaml.safe_dump(sites_doc, sort_keys=True,
                                                    allow_unicode=True), encoding="utf-8")
     (det / "PARAMS.yaml").write_text(yaml.safe_dump(params, sort_keys=True,

@@ -37,6 +37,10 @@ from stationseal.keys import KeyRegistry, RegistryError
 from stationseal.records import from_rfc3339
 from stationseal.signing import SigningError, key_id_for, load_public_key, verify_with_key
 
+#: Bounds on a ZIP package before it is unpacked (a package is a few MB per day of data).
+MAX_ZIP_ENTRIES = 10_000
+MAX_ZIP_BYTES = 4 << 30
+
 #: A frame sealed just before its key expired may arrive later (store-and-forward after an
 #: outage); one received longer than this after expiry is not accepted as evidence.
 RECEIPT_GRACE_S = 7 * 86400.0
@@ -121,7 +125,12 @@ def _open(package: Path, tmp: Path) -> Path:
         return package
     if zipfile.is_zipfile(package):
         with zipfile.ZipFile(package) as z:
-            for info in z.infolist():
+            infos = z.infolist()
+            if len(infos) > MAX_ZIP_ENTRIES or \
+                    sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
+                raise ValueError(f"ZIP larger than {MAX_ZIP_ENTRIES} entries or "
+                                 f"{MAX_ZIP_BYTES >> 30} GiB unpacked: not a package")
+            for info in infos:
                 name = Path(info.filename)
                 if name.is_absolute() or ".." in name.parts:
                     raise ValueError(f"unsafe path in ZIP: {info.filename}")
