@@ -26,7 +26,7 @@ from ingest.engine_hook import EngineAlert
 from ingest.metrics import Metrics
 from ingest.store import Store
 from ingest.testcontext import LaneContexts
-from stationseal.chain import ChainTracker
+from stationseal.chain import ChainIssue, ChainTracker
 from stationseal.export import frames_topic, gateway_of_topic, line_for
 from stationseal.frame import Frame
 from stationseal.keys import KeyRegistry, RegistryError
@@ -197,6 +197,11 @@ class Pipeline:
         conflict = f.seq in tracker.received
         is_new, issues = tracker.observe(f, now=received)
         self.dirty.add(gw)
+        if not is_new and issues and issues[0].kind == "replay" and self._receipted(f):
+            # Older than the tracker's hash window but the very frame already received:
+            # a broker redelivery after a crash (up to receive_maximum frames were in
+            # flight), which is a duplicate, not a replay.
+            issues = [ChainIssue("duplicate", gw, f.seq, dict(issues[0].detail))]
         kinds = {i.kind for i in issues}
         for iss in issues:
             self._integrity(iss.kind, f.site, gw, iss.seq, received, iss.detail)
@@ -229,6 +234,12 @@ class Pipeline:
         if self.engine is not None and not branch:
             self._feed(self.lanes.annotate(f, frame_records(f)))
         return "fork" if branch else "accepted"
+
+    def _receipted(self, f: Frame) -> bool:
+        h = f.frame_hash
+        if any(r[0] == h for r in self.batch.receipts):
+            return True
+        return self.store.received_before(f.gateway_id, f.seq, h)
 
     def _tracker(self, gw: str) -> ChainTracker:
         t = self.trackers.get(gw)

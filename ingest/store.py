@@ -291,6 +291,12 @@ class Store:
                 alerts,
             )
 
+    def received_before(self, gateway_id: str, seq: int, frame_hash: bytes) -> bool:
+        """Whether this exact frame has a receipt: a redelivery, not a replay."""
+        return self._db().execute(
+            "SELECT 1 FROM receipts WHERE gateway_id = ? AND seq = ? AND frame_hash = ? "
+            "LIMIT 1", (gateway_id, seq, frame_hash)).fetchone() is not None
+
     # -- series -----------------------------------------------------------------------
     def known_series(self, gateway_id: str) -> set[str]:
         return {str(r[0]) for r in self._db().execute(

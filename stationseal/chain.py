@@ -241,10 +241,13 @@ class ChainTracker:
 
     # -- persistence ---------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
+        """A snapshot: the ingest serialises it later, on another thread, while this
+        tracker goes on observing frames of the next batch (a shared list would commit
+        frames that were never written)."""
         return {
             "gateway_id": self.gateway_id,
-            "received": self.received.iv,
-            "dropped": self.dropped.iv,
+            "received": [list(x) for x in self.received.iv],
+            "dropped": [list(x) for x in self.dropped.iv],
             "recent": {str(k): [h.hex(), p.hex(), b.hex()] for k, (h, p, b) in
                        self.recent.items()},
             "drop_hashes": {str(k): v.hex() for k, v in self.drop_hashes.items()},

@@ -104,10 +104,22 @@ def test_bad_frames_are_quarantined_and_service_keeps_running(stack: StackInfo,
         after_gap = g1.next_frame(10)
         publish_all(pub1, [(g1.topic, after_gap.payload)])
 
-        # Replay: a frame sent again after its hash left the tracker's window.
+        # The same frame again after its hash left the tracker's window (a broker
+        # redelivery after a crash looks like this): the receipt log knows it, so it is a
+        # duplicate, not stored twice and not quarantined.
         early = [g2.next_frame(1) for _ in range(HASH_WINDOW + 5)]
         publish_all(pub2, [(g2.topic, f.payload) for f in early])
+        assert wait_for(lambda: influx_count(stack.influx_url, db,
+                                             "WHERE gateway = 'gw-test-2'") == HASH_WINDOW + 5,
+                        30)
         publish_all(pub2, [(g2.topic, early[0].payload)])
+        # Replay: different content for a sequence received long ago (its hash no longer
+        # in the tracker's window, and not the frame the receipt log holds).
+        keep2 = (g2.seq, g2.prev, g2.t)
+        g2.seq, g2.prev = early[0].seq - 1, early[0].prev_hash
+        replayed = g2.next_frame(2)
+        g2.seq, g2.prev, g2.t = keep2
+        publish_all(pub2, [(g2.topic, replayed.payload)])
         assert wait_for(lambda: "replay" in svc.store.quarantine_counts(), 20)
 
         # Revoke gw-test-2's key (compromised): the registry reloads without a restart.
@@ -159,7 +171,8 @@ def test_bad_frames_are_quarantined_and_service_keeps_running(stack: StackInfo,
         assert st == 200
         assert 'stationseal_ingest_verification_failures_total{reason="bad_signature"} 1' \
             in text
-        assert 'stationseal_ingest_frames_total{result="duplicate"} 1' in text
+        # gw-test-1's re-sent frame and gw-test-2's frame re-sent beyond the hash window.
+        assert 'stationseal_ingest_frames_total{result="duplicate"} 2' in text
         st, text = fetch(f"http://127.0.0.1:{svc.metrics_port}/healthz")
         assert st == 200 and json.loads(text)["ok"] is True
     finally:

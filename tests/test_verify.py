@@ -166,3 +166,20 @@ def test_tracker_out_of_order(order: list[int], missing: set[int]) -> None:
     assert got == expect
     restored = ChainTracker.from_json(json.loads(json.dumps(t.to_json())))
     assert restored.received.iv == t.received.iv
+
+
+def test_tracker_snapshot_does_not_follow_later_frames() -> None:
+    """The ingest commits a batch's chain snapshot on its writer thread while the
+    tracker already observes the next batch: frames of that batch must not be in it,
+    or a crash before their write makes their redelivery look like a replay."""
+    frames = chain(4)
+    t = ChainTracker("gw-demo-1")
+    for f in frames[:2]:
+        t.observe(f)
+    snap = t.to_json()
+    for f in frames[2:]:
+        t.observe(f)
+    assert snap["received"] == [[1, 2]]
+    restored = ChainTracker.from_json(json.loads(json.dumps(snap)))
+    is_new, issues = restored.observe(frames[2])
+    assert is_new and not issues
