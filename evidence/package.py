@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,8 +245,8 @@ def _choose(index: FrameIndex, alert: dict[str, Any], t0: float, t1: float,
     return out
 
 
-def _verify_frames(index: FrameIndex, todo: list[tuple[str, int]], registry: KeyRegistry
-                   ) -> None:
+def _verify_frames(index: FrameIndex, todo: list[tuple[str, int]], registry: KeyRegistry,
+                   meanwhile: Callable[[], None] | None = None) -> None:
     """Signature and key of every frame; two threads (the signature checks release the
     interpreter lock)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -271,9 +271,35 @@ def _verify_frames(index: FrameIndex, todo: list[tuple[str, int]], registry: Key
     half = len(todo) // 2
     parts = [todo[:half], todo[half:]] if half >= 500 else [todo]
     with ThreadPoolExecutor(len(parts)) as ex:
-        for err in ex.map(check, parts):
+        futures = [ex.submit(check, p) for p in parts]
+        if meanwhile is not None:
+            meanwhile()  # Python work overlaps the checks, which release the GIL
+        for fu in futures:
+            err = fu.result()
             if err is not None:
                 raise BuildError(err)
+
+
+def _refuse_gaps(frames: dict[str, list[Frame]],
+                 alert: dict[str, Any]) -> None:
+    """Sequence numbers missing inside the packaged range (not received, not archived, or
+    an archive line that no longer decodes) and not covered by a signed drop: such a
+    package would be refused (``window_gap``), so none is built."""
+    from stationseal.chain import ChainTracker
+
+    ev = alert.get("evidence") or {}
+    if alert.get("rule") == "integrity" and ev.get("kind") == "gap":
+        return
+    for gw, lst in frames.items():
+        t = ChainTracker(gw)
+        for f in lst:
+            t.observe(f)
+        gaps = t.open_gaps()
+        if gaps:
+            text = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in gaps[:10])
+            raise BuildError(f"{gw}: frames seq {text} are missing from the frames files "
+                             "(never received, not archived, or damaged in the archive) and "
+                             "no signed data_dropped event covers them")
 
 
 def select(index: FrameIndex, alert: dict[str, Any], registry: KeyRegistry,
@@ -290,11 +316,20 @@ def select(index: FrameIndex, alert: dict[str, Any], registry: KeyRegistry,
         for gw, seqs in chosen.items():
             frames[gw] = [index.by_gw[gw][s][0] for s in seqs]
             todo += [(gw, s) for s in seqs if (gw, s) not in verified]
-        _verify_frames(index, todo, registry)
-        verified.update(todo)
+        _refuse_gaps(frames, alert)
         flat = [f for lst in frames.values() for f in lst]
-        records = records_from_frames(flat)
-        last = reproduce(alert, records, flat, sites, params)
+        out: list[Any] = []
+
+        def judge(flat: list[Frame] = flat, out: list[Any] = out) -> None:
+            recs = records_from_frames(flat)
+            out[:] = [recs, reproduce(alert, recs, flat, sites, params)]
+
+        # Nothing is packaged unless every frame verifies; the rule runs meanwhile.
+        _verify_frames(index, todo, registry, judge if todo else None)
+        if not todo:
+            judge()
+        verified.update(todo)
+        records, last = out
         if last.reproduced or ctx >= MAX_CONTEXT_S:
             break
         ctx = min(MAX_CONTEXT_S, ctx * 4)

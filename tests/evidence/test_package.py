@@ -233,3 +233,21 @@ def test_frame_received_after_its_key_was_retired_is_refused(central: Central, p
     rep = verify_package(pkg, _pub(central))
     bad = [x for x in rep.failures if x.reason == "key_invalid_at_receipt"]
     assert len(bad) == 1 and f"seq {f.seq}:" in bad[0].detail, rep.to_json()
+
+
+def test_build_refuses_an_archive_frame_that_does_not_verify(central: Central, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    lines = central.frames.read_text().splitlines()
+    d = json.loads(lines[30])
+    raw = bytearray(base64.b64decode(d["payload"]))
+    raw[-70] ^= 0x01  # a byte of the body, just before the signature
+    d["payload"] = base64.b64encode(bytes(raw)).decode()
+    lines[30] = json.dumps(d)
+    bad = tmp_path / "frames.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    args = [a if a != str(central.frames) else str(bad) for a in central.build_args()]
+    assert main(["evidence", "build", central.alert_id, "--out", str(tmp_path / "p"), *args,
+                 "--no-plots", "--no-report"]) == 1
+    assert "seq 31" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
