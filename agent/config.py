@@ -127,6 +127,10 @@ class MqttUplink(StrictModel):
     password_file: SitePath | None = None
     topic_prefix: str = Field(default="stationseal/v1", pattern=r"^[^#+]+[^/#+]$")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    #: MQTT version: "5" (refused publishes are reported in the PUBACK), "3.1.1" (brokers
+    #: without 5, such as NATS 2.9's MQTT listener), or "auto": 5, and 3.1.1 from the
+    #: first connection the broker refuses with "unsupported protocol version" on.
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
 
 
 class FileUplink(StrictModel):

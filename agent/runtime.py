@@ -171,6 +171,7 @@ class Agent:
                 username=uplink.username if uplink.username is not None
                 else (gw if password is not None else None),
                 password=password, keepalive=uplink.keepalive_s,
+                protocol=uplink.protocol,
                 max_inflight=options.max_inflight,
                 backoff_min_s=options.reconnect_min_s, backoff_max_s=options.reconnect_max_s,
                 connect_timeout_s=options.connect_timeout_s,

@@ -19,7 +19,11 @@ MQTT specifics, checked against paho-mqtt 2.2's source:
   time in ``[min, min(max, min * 2**attempt)]`` ("full jitter") between attempts.
 * MQTT 5 is used because its PUBACK carries a reason code: Mosquitto answers a publish
   the ACL refuses with 0x87 "not authorized" instead of 3.1.1's silent success, so a
-  refused frame stays in the outbox instead of being deleted as delivered.
+  refused frame stays in the outbox instead of being deleted as delivered. Brokers
+  without MQTT 5 (NATS 2.9) get 3.1.1 (``protocol="3.1.1"``, or ``"auto"``, which
+  falls back when the broker answers "unsupported protocol version"); there a publish
+  the broker's permissions refuse is acknowledged like any other, and the gap it leaves
+  in the chain is what the ingest reports.
 * The client is driven with ``loop_read/loop_write/loop_misc`` around our own
   ``select`` (paho's documented external-loop API), all in this one thread; the event
   loop wakes it through a socket pair when it hands over frames.
@@ -165,6 +169,7 @@ class MqttTransport(_Link):
         connect_timeout_s: float = 15.0,
         ack_timeout_s: float = 60.0,
         rng: random.Random | None = None,
+        protocol: str = "5",
     ) -> None:
         super().__init__()
         self.host = host
@@ -182,6 +187,12 @@ class MqttTransport(_Link):
         self.backoff_max_s = backoff_max_s
         self.connect_timeout_s = connect_timeout_s
         self.ack_timeout_s = ack_timeout_s
+        if protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"MQTT protocol {protocol!r}: use auto, 5 or 3.1.1")
+        #: The version the next connection uses; "auto" starts with 5.
+        self.protocol = "5" if protocol == "auto" else protocol
+        self._auto = protocol == "auto"
+        self._fell_back = False
         self._rng = rng or random.Random()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -212,6 +223,9 @@ class MqttTransport(_Link):
             healthy = self._session()
             if self._stop.is_set():
                 break
+            if self._fell_back:
+                self._fell_back = False
+                continue  # the broker spoke: try 3.1.1 at once, not after a back-off
             attempt = 0 if healthy else attempt + 1
             delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s, self._rng)
             self._set("backoff", reconnect_in_s=round(delay, 3))
@@ -228,8 +242,10 @@ class MqttTransport(_Link):
         as healthy (a delivery acknowledged, or a minute connected), which resets the
         back-off."""
         s = _Session()
+        v5 = self.protocol == "5"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.gateway_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             clean_session=None if v5 else True)
         client.connect_timeout = self.connect_timeout_s
         if self.tls is not None:
             client.tls_set_context(self.tls)
@@ -244,7 +260,10 @@ class MqttTransport(_Link):
         client.on_disconnect = s.on_disconnect
         self._set("connecting", reconnect_in_s=None)
         try:
-            client.connect(self.host, self.port, self.keepalive, clean_start=True)
+            if v5:
+                client.connect(self.host, self.port, self.keepalive, clean_start=True)
+            else:
+                client.connect(self.host, self.port, self.keepalive)
         except (OSError, ValueError) as e:
             self._down(f"connect to {self.host}:{self.port}: {e}")
             return False
@@ -285,6 +304,11 @@ class MqttTransport(_Link):
                     rc = client.loop_misc()
                 if s.refused is not None:
                     error = s.refused
+                    if self._auto and v5 and s.unsupported_version:
+                        log.info("broker %s:%d has no MQTT 5; using 3.1.1", self.host,
+                                 self.port)
+                        self.protocol = "3.1.1"
+                        self._fell_back = True
                     break
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
                     error = s.disconnect_reason or f"connection lost ({mqtt.error_string(rc)})"
@@ -361,6 +385,7 @@ class _Session:
     def __init__(self) -> None:
         self.connected = False
         self.refused: str | None = None
+        self.unsupported_version = False
         self.disconnect_reason: str | None = None
         self.acked: list[int] = []
         self.watch: int | None = None  # a status message whose PUBACK is awaited
@@ -372,6 +397,8 @@ class _Session:
                    props: Any) -> None:
         if rc.is_failure:
             self.refused = f"broker refused connection: {rc}"
+            # 0x84 in MQTT 5; paho maps a 3.1.1-style refusal (code 1) to the same.
+            self.unsupported_version = rc.value == 0x84
         else:
             self.connected = True
 

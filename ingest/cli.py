@@ -73,8 +73,14 @@ def run_worker(cfg: IngestConfig, shard: int = 0) -> int:
     if not 0 <= shard < cfg.shard.count:
         raise _usage(f"--shard {shard}: outside 0..{cfg.shard.count - 1} (shard.count)")
     port = cfg.metrics.port if cfg.shard.count == 1 else worker_port(cfg, shard)
+    svc: IngestService
     try:
-        svc = IngestService(cfg, shard, metrics_port=port)
+        if cfg.nats is not None:
+            from ingest.nats_source import NatsIngestService
+
+            svc = NatsIngestService(cfg, shard, metrics_port=port)
+        else:
+            svc = IngestService(cfg, shard, metrics_port=port)
     except (RegistryError, ConfigError, ValueError) as e:
         raise _usage(str(e)) from None
     stop = threading.Event()

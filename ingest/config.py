@@ -127,6 +127,44 @@ class ShardConfig(_Strict):
     share_group: str = "stationseal-ingest"
 
 
+class NatsConfig(_Strict):
+    """Consume frames from a NATS JetStream cluster instead of MQTT (ingest/nats_source.py).
+
+    The gateways still speak MQTT, to the cluster's MQTT listeners; the cluster maps each
+    gateway's frames onto one of ``partitions`` subjects and keeps them in ``stream``.
+    ``shard.count`` worker processes share the partitions through leases in a key-value
+    bucket; a dead worker's partitions move to the others after ``lease_ttl_s``."""
+
+    servers: list[str] = Field(min_length=1)
+    """Client URLs of the cluster's nodes, e.g. ``tls://10.0.0.5:4222``; any one suffices."""
+    tls: TLSConfig | None = TLSConfig()
+    username: str | None = "ingest"
+    password: str | None = None
+    password_file: Path | None = None
+    stream: str = "FRAMES"
+    partition_subject: str = "stationseal.frames"
+    """Frames arrive on ``<partition_subject>.<partition>.<gateway>``."""
+    partitions: int = Field(default=16, ge=1, le=1024)
+    """Must equal P in the cluster's ``partition(P, 1)`` mapping; a frame on a partition
+    its gateway does not hash to is quarantined (``partition_mismatch``)."""
+    leases_bucket: str = "stationseal-ingest"
+    lease_ttl_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    """A worker that stops renewing its leases for this long loses its partitions."""
+    fetch_batch: int = Field(default=500, ge=1, le=10_000)
+    max_ack_pending: int = Field(default=500, ge=1, le=512)
+    """Frames per partition delivered and not yet acknowledged: with the inbox's byte
+    bound, what a worker holds in memory before the stream stops delivering. At most the
+    chain tracker's hash window (512 frames per gateway), so frames a killed worker had
+    committed but not acknowledged come back to the next owner as recognised
+    duplicates, never as replays."""
+    ack_wait_s: float = Field(default=120.0, ge=1.0)
+    """Redelivery of an unacknowledged frame to the same owner (long: InfluxDB outages
+    hold acknowledgements back on purpose)."""
+
+    def resolved_password(self) -> str | None:
+        return _secret(self.password, self.password_file, "nats.password_file")
+
+
 class ChainConfig(_Strict):
     gap_grace_s: float = Field(default=300.0, ge=0)
     """A missing sequence is reported after this long: live frames overtake backfill."""
@@ -331,6 +369,8 @@ class IngestConfig(_Strict):
     disk: DiskConfig = DiskConfig()
     hj212: HJ212IngestConfig | None = None
     """TCP listener for HJ 212 loggers of legacy sites (started by worker 0)."""
+    nats: NatsConfig | None = None
+    """If set, frames come from this NATS JetStream cluster; ``mqtt`` is then unused."""
 
     @property
     def db_path(self) -> Path:
@@ -415,6 +455,18 @@ def config_from_stack(info: Any, registry: Path, state_dir: Path, **over: Any) -
         "state_dir": str(state_dir),
         "metrics": {"port": 0},
     }
+    nats = getattr(info, "nats", None)
+    if nats is not None:
+        data["nats"] = {
+            "servers": [f"tls://{info.mqtt_host}:{n['client_port']}" for n in nats["nodes"]],
+            "tls": {"ca_file": str(info.ca_file)},
+            "username": info.ingest.username,
+            "password_file": str(info.ingest.password_file),
+            "stream": nats["stream"],
+            "partition_subject": nats["partition_subject"],
+            "partitions": nats["partitions"],
+            "leases_bucket": nats["leases_bucket"],
+        }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}
@@ -451,6 +503,10 @@ def preflight(cfg: IngestConfig) -> tuple[list[str], list[str]]:
         if m.tls.key_file is not None:
             warns.append(pf.secret_mode_warning(m.tls.key_file, "mqtt.tls.key_file"))
     secret(m.password_file, "mqtt.password_file")
+    if cfg.nats is not None:
+        if cfg.nats.tls is not None and cfg.nats.tls.ca_file is not None:
+            errs.append(pf.ca_file(cfg.nats.tls.ca_file, "nats.tls.ca_file"))
+        secret(cfg.nats.password_file, "nats.password_file")
     secret(cfg.influx.password_file, "influx.password_file")
     secret(cfg.influx.token_file, "influx.token_file")
     secret(cfg.custody.key_file, "custody.key_file")

@@ -49,6 +49,8 @@ INGEST_USER: Final = "ingest"
 DEFAULT_DATABASE: Final = "stationseal"
 HOST: Final = "127.0.0.1"
 COMPONENTS: Final = ("mosquitto", "influxdb")
+#: Every component name the CLI accepts (a NATS stack has nats-1..3 instead of mosquitto).
+ALL_COMPONENTS: Final = ("mosquitto", "nats-1", "nats-2", "nats-3", "influxdb")
 
 #: Gateway ids become MQTT usernames, ACL topic levels and directory names, so they must
 #: not contain topic wildcards, separators or anything a shell or the password file
@@ -143,6 +145,10 @@ class StackInfo:
     influx_username: str | None = None
     """None while InfluxDB auth is off (the local stack); set in production configs."""
     influx_password_file: Path | None = None
+    broker: str = "mosquitto"
+    """``mosquitto`` (one broker) or ``nats`` (a JetStream cluster, stack/nats.py)."""
+    nats: Mapping[str, Any] | None = None
+    """Nodes, ports and stream of a NATS stack (docs/stack.md); None on Mosquitto."""
 
     @property
     def json_path(self) -> Path:
@@ -179,10 +185,11 @@ class StackInfo:
         return ctx
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": SCHEMA,
             "created": self.created,
             "dir": str(self.dir),
+            "broker": self.broker,
             "mqtt": {
                 "host": self.mqtt_host,
                 "port": self.mqtt_port,
@@ -204,6 +211,9 @@ class StackInfo:
                 "rpc_bind": f"{HOST}:{self.influx_rpc_port}",
             },
         }
+        if self.nats is not None:
+            out["nats"] = dict(self.nats)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], json_path: Path) -> StackInfo:
@@ -242,6 +252,8 @@ class StackInfo:
             influx_username=_opt_str(influx, "username", f"{where}: influxdb"),
             influx_password_file=(None if influx.get("password_file") is None else _path(
                 base, _req_str(influx, "password_file", f"{where}: influxdb"))),
+            broker=str(data.get("broker", "mosquitto")),
+            nats=_req_map(data, "nats", where) if data.get("broker") == "nats" else None,
         )
 
 
@@ -324,6 +336,8 @@ class _Layout:
         return self.run / f"{component}.json"
 
     def log(self, component: str) -> Path:
+        if component.startswith("nats-"):
+            return self.root / "nats" / f"n{component.rsplit('-', 1)[1]}" / "nats.log"
         if component == "mosquitto":
             return self.mq / "mosquitto.log"
         return self.influx / "influxd.log"
@@ -453,7 +467,9 @@ def _make_ca(lay: _Layout) -> None:
 
 
 def _issue(lay: _Layout, common_name: str, cert_path: Path, key_path: Path, *,
-           server: bool) -> None:
+           server: bool, client_too: bool = False) -> None:
+    """``client_too``: also valid as a TLS client (cluster routes, where each node dials
+    the others with its own certificate)."""
     ca_key = serialization.load_pem_private_key(lay.ca_key.read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise StackError(f"{lay.ca_key}: not an EC private key")
@@ -480,6 +496,8 @@ def _issue(lay: _Layout, common_name: str, cert_path: Path, key_path: Path, *,
         )
         .add_extension(
             x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                if client_too else
                 [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
@@ -726,7 +744,20 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def components(info: StackInfo | None) -> tuple[str, ...]:
+    """The processes of this stack: its broker node(s), then InfluxDB."""
+    if info is not None and info.broker == "nats":
+        from stack import nats
+
+        return (*nats.COMPONENTS, "influxdb")
+    return COMPONENTS
+
+
 def _component_ports(info: StackInfo, component: str) -> list[int]:
+    if component.startswith("nats-"):
+        from stack import nats
+
+        return nats.node_ports(info, component)
     if component == "mosquitto":
         return [info.mqtt_port, info.mqtt_mtls_port]
     return [info.influx_port, info.influx_rpc_port]
@@ -911,6 +942,10 @@ def _influx_ok(info: StackInfo) -> bool:
 
 
 def _healthy(info: StackInfo, component: str) -> bool:
+    if component.startswith("nats-"):
+        from stack import nats
+
+        return nats.node_healthy(info, component)
     return _mqtt_ok(info) if component == "mosquitto" else _influx_ok(info)
 
 
@@ -1044,7 +1079,8 @@ def load_info(dir_or_json_path: str | os.PathLike[str]) -> StackInfo:
 
 
 def up(dir: str | os.PathLike[str], gateways: Iterable[str] | str = (), *,
-       database: str | None = None, timeout: float = START_TIMEOUT) -> StackInfo:
+       database: str | None = None, timeout: float = START_TIMEOUT,
+       broker: str = "mosquitto", partitions: int | None = None) -> StackInfo:
     """Start the stack in ``dir`` (created if needed) and return its settings.
 
     Safe to repeat: running healthy components are left alone, missing gateways get
@@ -1052,7 +1088,16 @@ def up(dir: str | os.PathLike[str], gateways: Iterable[str] | str = (), *,
     recorded ports, or on new ones if those were taken meanwhile. Certificates,
     credentials and data are reused from a previous run in the same directory.
     ``database`` (default ``stationseal``) is fixed when the stack is first created.
+    ``broker="nats"`` starts a three-node NATS JetStream cluster instead of Mosquitto
+    (stack/nats.py); ``partitions`` applies to it only.
     """
+    if broker == "nats":
+        from stack import nats
+
+        return nats.up(dir, gateways, database=database, timeout=timeout,
+                       partitions=partitions or nats.DEFAULT_PARTITIONS)
+    if broker != "mosquitto":
+        raise ValueError(f"broker {broker!r}: choose mosquitto or nats")
     wanted = _gateway_list(gateways)
     lay = _layout(dir)
     if not lay.root.exists():
@@ -1060,6 +1105,9 @@ def up(dir: str | os.PathLike[str], gateways: Iterable[str] | str = (), *,
     with _locked(lay):
         if lay.json.exists():
             info = load_info(lay.root)
+            if info.broker != "mosquitto":
+                raise ValueError(f"{lay.json} is a {info.broker} stack; pass broker="
+                                 f"{info.broker!r} or use a new --dir")
             if database is not None and database != info.influx_database:
                 raise ValueError(f"{lay.json} was created with database "
                                  f"{info.influx_database!r}, not {database!r}; use a new --dir")
@@ -1111,7 +1159,9 @@ def down(dir: str | os.PathLike[str], *, timeout: float = STOP_TIMEOUT) -> None:
     with _locked(lay):
         # Broker first: it saves its queue on SIGTERM, and nothing should be writing
         # into InfluxDB through it while InfluxDB goes away.
-        for component in COMPONENTS:
+        from stack.nats import COMPONENTS as NATS_NODES
+
+        for component in (*NATS_NODES, *COMPONENTS):
             _stop_component(lay, component, timeout=timeout, kill=False)
 
 
@@ -1123,15 +1173,16 @@ def _stop_component(lay: _Layout, component: str, *, timeout: float, kill: bool)
         lay.pid_record(component).unlink(missing_ok=True)
 
 
-def _check_component(component: str) -> None:
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
+def _check_component(component: str, info: StackInfo | None = None) -> None:
+    known = components(info) if info is not None else ALL_COMPONENTS
+    if component not in known:
+        raise ValueError(f"unknown component {component!r}; choose from {', '.join(known)}")
 
 
 def stop_component(dir: str | os.PathLike[str], component: str, *, kill: bool = False,
                    timeout: float = STOP_TIMEOUT) -> None:
-    """Stop only ``mosquitto`` or ``influxdb`` (outage drills). ``kill=True`` sends
-    SIGKILL at once, simulating a crash instead of a clean shutdown."""
+    """Stop only ``mosquitto``, one ``nats-N`` node or ``influxdb`` (outage drills).
+    ``kill=True`` sends SIGKILL at once, simulating a crash instead of a clean shutdown."""
     _check_component(component)
     lay = _layout(dir)
     with _locked(lay):
@@ -1146,9 +1197,16 @@ def start_component(dir: str | os.PathLike[str], component: str, *,
     lay = _layout(dir)
     with _locked(lay):
         info = load_info(lay.root)
+        _check_component(component, info)
         if _running(lay, component) is not None:
             return
         _write_configs(lay, info)
+        if component.startswith("nats-"):
+            from stack import nats
+
+            nats.write_configs(lay, info)
+            nats.start_nodes(lay, info, [component], timeout)
+            return
         try:
             _start(lay, info, component, timeout)
         except _PortInUse as e:
@@ -1173,7 +1231,12 @@ def add_gateway(dir: str | os.PathLike[str], gateway_id: str, *,
         info = _replace(info, gateways={**info.gateways, gateway_id: cred})
         _write_configs(lay, info)
         _save_info(info)
-        _reload_mosquitto(lay, info, [cred], timeout)
+        if info.broker == "nats":
+            from stack import nats
+
+            nats.add_gateway(lay, info, cred, timeout)
+        else:
+            _reload_mosquitto(lay, info, [cred], timeout)
         return cred
 
 
@@ -1191,7 +1254,8 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
     except StackError as e:
         out["error"] = str(e)
     all_ok = info is not None
-    for component in COMPONENTS:
+    out["broker"] = info.broker if info is not None else None
+    for component in components(info):
         rec = _read_record(lay, component) if lay.run.exists() else None
         alive = rec is not None and _is_alive(rec)
         healthy = bool(alive and info is not None and _healthy(info, component))
@@ -1231,6 +1295,11 @@ def register(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--database", default=None,
                     help=f"InfluxDB database to create (default {DEFAULT_DATABASE}; "
                          "fixed when the stack is first created)")
+    sp.add_argument("--broker", choices=("mosquitto", "nats"), default="mosquitto",
+                    help="mosquitto (one broker, the default) or nats (a 3-node JetStream "
+                         "cluster with partitioned frames; fixed when the stack is created)")
+    sp.add_argument("--partitions", type=int, default=None,
+                    help="NATS only: partitions of the frames stream (default 16)")
     sp.add_argument("--json", action="store_true", help="print stack.json instead of a summary")
     sp.set_defaults(func=_cmd_up)
 
@@ -1256,7 +1325,7 @@ def register(p: argparse.ArgumentParser) -> None:
                         ("stop", "stop one component (outage drills)")):
         sp = sub.add_parser(name, help=help_)
         _add_dir(sp)
-        sp.add_argument("component", choices=COMPONENTS)
+        sp.add_argument("component", choices=ALL_COMPONENTS)
         if name == "stop":
             sp.add_argument("--kill", action="store_true", help="SIGKILL (simulate a crash)")
         sp.set_defaults(func=_cmd_start if name == "start" else _cmd_stop)
@@ -1275,7 +1344,8 @@ def _fail(e: StackError) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     try:
-        info = up(args.dir, _gateway_list(args.gateways), database=args.database)
+        info = up(args.dir, _gateway_list(args.gateways), database=args.database,
+                  broker=args.broker, partitions=args.partitions)
     except ValueError as e:
         raise _usage(e) from e
     except StackError as e:
@@ -1284,8 +1354,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(json.dumps(info.to_json(), indent=2))
     else:
         print(f"stack up: {info.json_path}")
-        print(f"  mqtt      mqtts://{info.mqtt_host}:{info.mqtt_port} (password), "
-              f":{info.mqtt_mtls_port} (client cert); CA {info.ca_file}")
+        if info.nats is not None:
+            from stack import nats
+
+            ports = ", ".join(str(p) for p in nats.mqtt_ports(info))
+            print(f"  mqtt      mqtts://{info.mqtt_host}:{{{ports}}} (MQTT 3.1.1, password); "
+                  f"CA {info.ca_file}")
+            print(f"  nats      {', '.join(nats.client_urls(info))} stream "
+                  f"{info.nats['stream']} ({info.nats['partitions']} partitions, 3 replicas)")
+        else:
+            print(f"  mqtt      mqtts://{info.mqtt_host}:{info.mqtt_port} (password), "
+                  f":{info.mqtt_mtls_port} (client cert); CA {info.ca_file}")
         print(f"  influxdb  {info.influx_url} database {info.influx_database}")
         print(f"  gateways  {', '.join(sorted(info.gateways)) or '(none)'}")
     return 0

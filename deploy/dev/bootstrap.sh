@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian machine for `make demo` / `make test`: the Debian packages the
-# local stack runs (Mosquitto, InfluxDB 1.x, SoftHSM for the PKCS#11 signing path) and a
-# project virtualenv. Safe to run again: it installs only what is missing.
+# local stack runs (Mosquitto, InfluxDB 1.x, NATS for the scale-out cluster, SoftHSM for
+# the PKCS#11 signing path) and a project virtualenv. Safe to run again: it installs only
+# what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,6 +13,7 @@ command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)   # ingest-health dashboard queries
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)  # `stack up --broker nats`
 if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
 # Evidence reports: CJK fonts for Chinese text, Pango for WeasyPrint, pdftoppm/pdftotext.
 fc-list 2>/dev/null | grep -qiE 'WenQuanYi|Noto Sans CJK' || need+=(fonts-wqy-microhei)
