@@ -7,9 +7,16 @@ jump; the monotonic clock cannot. Comparing how far each advanced since the last
 detects a jump, which is sealed as a ``clock_jump`` event so that the central side can
 tell a step in time from a gap in the data.
 
-The NTP state sealed in every frame (``clock_sync``) comes from ``adjtimex(2)`` with
-``modes = 0``: the same kernel flag ``timedatectl show -p NTPSynchronized`` reports, but
-read without spawning a process or talking to D-Bus, and still cached for a minute.
+The clock state sealed in every frame (``clock_sync``) comes, when the site config lists
+``clock.ntp_servers``, from the agent's own measurement: an SNTP query (RFC 4330) to each
+server, ``synced`` when the median offset of the servers that answered is within
+``clock.max_offset_s``, ``unsynced`` beyond it (or when every answering server says it is
+unsynchronised itself), ``unknown`` when none answered. The local NTP daemon is then not
+trusted: a site operator controls it. Without servers, the kernel's discipline decides
+(``adjtimex(2)`` with ``modes = 0``: the flag ``timedatectl show -p NTPSynchronized``
+reports, read without spawning a process). Every change of state is sealed as a
+``clock_state`` event carrying the measured offset, so the central side can tell a
+gateway whose clock drifted from one whose NTP was blocked.
 """
 
 from __future__ import annotations
@@ -92,6 +99,9 @@ class ClockMonitor:
         self._sync_checked = self._last_mono
         self.jumps = 0
         self.last_jump_s: float | None = None
+        self.events: list[Event] = []
+        #: The last SNTP measurement (status file).
+        self.last_offset_s: float | None = None
 
     @property
     def sync_state(self) -> str:
@@ -103,9 +113,18 @@ class ClockMonitor:
                 self._sync = self._sync_source()
         return self._sync
 
-    def set_sync(self, state: str) -> None:
-        """For sources too slow to ask inline (an SNTP query runs in a thread)."""
+    def set_sync(self, state: str, detail: dict[str, Any] | None = None) -> None:
+        """For sources too slow to ask inline (an SNTP query runs in a thread). With
+        ``detail`` (the measurement), a change of state is sealed as ``clock_state``."""
+        if detail is not None and state != self._sync:
+            self.events.append(Event(GATEWAY, "clock_state", self._wall(),
+                                     {"state": state, "previous": self._sync, **detail}))
         self._sync = state
+
+    def take_events(self) -> list[Event]:
+        """Events waiting to be sealed (``clock_state``)."""
+        out, self.events = self.events, []
+        return out
 
     def check(self) -> Event | None:
         """A ``clock_jump`` event if the wall clock stepped since the previous call."""
@@ -138,28 +157,84 @@ class ClockMonitor:
 _NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 
+def to_ntp(t: float) -> bytes:
+    """A Unix time as a 64-bit NTP timestamp (RFC 5905: seconds since 1900, 32.32)."""
+    sec = int(t) + _NTP_EPOCH
+    frac = int((t - int(t)) * 2**32) & 0xFFFFFFFF
+    return sec.to_bytes(4, "big") + frac.to_bytes(4, "big")
+
+
+def from_ntp(b: bytes) -> float:
+    return int.from_bytes(b[:4], "big") - _NTP_EPOCH + int.from_bytes(b[4:8], "big") / 2**32
+
+
 def sntp_offset(server: str, port: int = 123, timeout: float = 2.0) -> float:
     """Offset of the local clock from an NTP server (RFC 4330 client), in seconds
     (positive: the server is ahead). Raises OSError / ValueError when there is no usable
-    answer."""
+    answer. The request's transmit time must come back as the answer's originate time,
+    so a stale or forged datagram is not taken for the answer."""
+    import os
     import socket
-    import struct
 
     addr = socket.getaddrinfo(server, port, type=socket.SOCK_DGRAM)[0]
     with socket.socket(addr[0], socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         t0 = time.time()
-        s.sendto(b"\x23" + bytes(47), addr[4])  # LI 0, version 4, mode 3 (client)
+        # The low bits of the fraction are random: a nonce the answer must echo.
+        stamp = to_ntp(t0)[:6] + os.urandom(2)
+        s.sendto(b"\x23" + bytes(39) + stamp, addr[4])  # LI 0, version 4, mode 3
         data = s.recv(512)
         t3 = time.time()
     if len(data) < 48:
         raise ValueError(f"NTP answer of {len(data)} bytes")
-    if data[0] >> 6 == 3 or data[1] == 0:
+    if data[0] & 7 not in (4, 5) or data[24:32] != stamp:
+        raise ValueError("not an answer to this request (mode or originate timestamp)")
+    if data[0] >> 6 == 3 or not 1 <= data[1] <= 15:
         raise ValueError("NTP server is not synchronised (leap 3 / stratum 0)")
-
-    def ts(b: bytes) -> float:
-        sec, frac = struct.unpack("!II", b)
-        return float(sec - _NTP_EPOCH + frac / 2**32)
-
-    t1, t2 = ts(data[32:40]), ts(data[40:48])
+    t1, t2 = from_ntp(data[32:40]), from_ntp(data[40:48])
     return ((t1 - t0) + (t2 - t3)) / 2
+
+
+def parse_server(spec: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); default port 123."""
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else 123
+    if spec.count(":") == 1:
+        host, port = spec.split(":")
+        return host, int(port)
+    return spec, 123
+
+
+def measure(servers: list[str], max_offset_s: float, timeout: float = 2.0
+            ) -> tuple[str, dict[str, Any]]:
+    """Query every server once; the clock state and what it rests on.
+
+    ``synced``: the median offset of the servers that answered (and say they are
+    synchronised) is within ``max_offset_s``. ``unsynced``: it is not, or every server
+    that answered says it is unsynchronised itself. ``unknown``: no server answered.
+    """
+    offsets: list[float] = []
+    errors: dict[str, str] = {}
+    unsynced_servers = 0
+    for spec in servers:
+        try:
+            host, port = parse_server(spec)
+            offsets.append(sntp_offset(host, port, timeout))
+        except ValueError as e:
+            if "not synchronised" in str(e):
+                unsynced_servers += 1
+            errors[spec] = str(e)
+        except OSError as e:
+            errors[spec] = e.strerror or type(e).__name__
+    detail: dict[str, Any] = {"servers": len(servers), "answered": len(offsets),
+                              "max_offset_s": max_offset_s}
+    if errors:
+        detail["errors"] = dict(list(errors.items())[:4])
+    if not offsets:
+        return ("unsynced" if unsynced_servers else "unknown"), detail
+    offsets.sort()
+    mid = len(offsets) // 2
+    median = offsets[mid] if len(offsets) % 2 else (offsets[mid - 1] + offsets[mid]) / 2
+    detail["offset_s"] = round(median, 6)
+    return ("synced" if abs(median) <= max_offset_s else "unsynced"), detail

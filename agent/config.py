@@ -211,10 +211,17 @@ class Hj212Listener(StrictModel):
 
 class ClockConfig(StrictModel):
     ntp_check: bool = True
-    #: None: ask the system (timedatectl / chronyc); else query this server
+    #: SNTP servers ("host", "host:port") the agent measures its own offset against; the
+    #: clock state sealed in frames then rests on that measurement (agent/clock.py).
+    #: Empty: the kernel's NTP state (adjtimex) decides.
+    ntp_servers: list[str] = Field(default_factory=list)
+    #: One server (older configs): the same as a one-element ntp_servers
     ntp_server: str | None = None
     max_offset_s: float = Field(default=1.0, gt=0)
     check_interval_s: float = Field(default=600.0, ge=10)
+
+    def servers(self) -> list[str]:
+        return [*self.ntp_servers, *([self.ntp_server] if self.ntp_server else [])]
 
 
 class SiteConfig(StrictModel):

@@ -21,6 +21,9 @@ Every received frame is also sealed as an ``hj212_frame`` event holding its head
 raw text (items that could not become readings are listed there with the reason), and
 data re-sent for a time already reported with another flag or value is sealed as
 ``flag_changed`` / ``reported_revision`` (pattern E6, "flag changed after data time").
+The logger's password (``PW=...`` in the header) is replaced by ``PW=***`` in every text
+or bytes sealed from a frame (stationseal.hj212.readings.redact_credentials): signed data
+is copied into the central database and every export, and a password must not be.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from stationseal.hj212.readings import (
     instrument_for,
     is_data_command,
     raw_text,
+    redact_credentials,
+    redact_credentials_bytes,
 )
 from stationseal.records import Event, Reading
 
@@ -270,9 +275,10 @@ class HJ212Source:
 
     # -- frames ----------------------------------------------------------------------
     async def _on_error(self, err: StreamError, conn: _Conn) -> None:
+        # The bytes may hold the logger's password (PW=...): redacted before sealing.
         self._enqueue([], [Event(self.id, "malformed_response", time.time(), {
-            "error": f"HJ 212 from {conn.peer}: {err.error}",
-            "raw": err.raw[:256].hex(), "offset": err.offset})])
+            "error": redact_credentials(f"HJ 212 from {conn.peer}: {err.error}"),
+            "raw": redact_credentials_bytes(err.raw[:256]).hex(), "offset": err.offset})])
 
     def _enqueue(self, readings: list[Reading], events: list[Event],
                  answer: bool = True) -> _Batch:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import GATEWAY
+from stationseal.chain import MAX_DROP_SPAN
 from stationseal.frame import ZERO_HASH
 from stationseal.records import Event
 
@@ -346,7 +347,9 @@ class Outbox:
                 continue
             cost = size + ROW_OVERHEAD
             need -= cost
-            if cur is not None and cur[1] == seq - 1:
+            # A run is one signed drop event; one event may excuse at most MAX_DROP_SPAN
+            # sequence numbers (docs/wire-format.md), so longer runs are split.
+            if cur is not None and cur[1] == seq - 1 and cur[2] < MAX_DROP_SPAN:
                 cur[1] = seq
                 cur[2] += 1
                 cur[3] += nread

@@ -9,7 +9,7 @@ Tasks on the event loop:
   ``fsync: interval``, and deletes delivered frames when no frame is being sealed;
 * the status task: writes the status file and pings the systemd watchdog, but only
   while the seal task keeps making progress;
-* (``ntp_server`` set) the SNTP task.
+* (``clock.ntp_servers`` set) the SNTP task, which measures the clock's offset.
 
 The uplink runs in its own thread (agent/uplink.py); the event loop thread alone touches
 SQLite. Nothing the uplink does can block or stop polling.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.clock import ClockMonitor, ntp_sync_state, sntp_offset
+from agent.clock import ClockMonitor, measure, ntp_sync_state
 from agent.config import FileUplink, MqttUplink, OutboxConfig, SiteConfig
 from agent.dispatch import Dispatcher, Transport
 from agent.instruments import Instrument
@@ -109,7 +109,7 @@ class Agent:
         profiles: dict[str, str] | None = None,
         clock: ClockMonitor | None = None,
         options: RuntimeOptions = RuntimeOptions(),
-        ntp_server: str | None = None,
+        ntp_server: str | list[str] | None = None,
         ntp_max_offset_s: float = 1.0,
         ntp_interval_s: float = 600.0,
         status_path: Path | None = None,
@@ -125,7 +125,8 @@ class Agent:
         self.profiles = profiles or {}
         self.options = options
         self.clock = clock or ClockMonitor(options.clock_jump_s)
-        self.ntp_server = ntp_server
+        self.ntp_servers = [ntp_server] if isinstance(ntp_server, str) else list(
+            ntp_server or [])
         self.ntp_max_offset_s = ntp_max_offset_s
         self.ntp_interval_s = ntp_interval_s
         self.status_path = status_path or status_path_for(outbox.path)
@@ -184,7 +185,7 @@ class Agent:
         clock_cfg = cfg.clock
         clock = ClockMonitor(
             options.clock_jump_s, clock_cfg.check_interval_s,
-            sync_source=None if (not clock_cfg.ntp_check or clock_cfg.ntp_server)
+            sync_source=None if (not clock_cfg.ntp_check or clock_cfg.servers())
             else ntp_sync_state,
         )
         return cls(
@@ -193,7 +194,7 @@ class Agent:
             transport=transport, config_hash=config_hash(cfg),
             profiles={i.profile_name: cfg.profile(i).version for i in cfg.instruments},
             clock=clock, options=options,
-            ntp_server=clock_cfg.ntp_server if clock_cfg.ntp_check else None,
+            ntp_server=clock_cfg.servers() if clock_cfg.ntp_check else None,
             ntp_max_offset_s=clock_cfg.max_offset_s, ntp_interval_s=clock_cfg.check_interval_s,
         )
 
@@ -251,7 +252,7 @@ class Agent:
                  for i in self.instruments]
         tasks.append(asyncio.create_task(self._seal_loop(), name="seal"))
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
-        if self.ntp_server:
+        if self.ntp_servers:
             tasks.append(asyncio.create_task(self._sntp_loop(), name="sntp"))
         self.notifier.ready(f"{len(self.instruments)} instruments")
         log.info("agent %s started: boot %s, seq %d, %d instruments, outbox %s",
@@ -413,15 +414,16 @@ class Agent:
             await asyncio.sleep(period)
 
     async def _sntp_loop(self) -> None:
-        assert self.ntp_server is not None
+        """Measure the wall clock against the configured servers (in a thread: a query
+        waits for the network) and seal the state; a change is sealed as an event."""
         while True:
-            try:
-                off = await asyncio.to_thread(sntp_offset, self.ntp_server)
-                state = "synced" if abs(off) <= self.ntp_max_offset_s else "unsynced"
-            except (OSError, ValueError) as e:
-                log.info("NTP server %s: %s", self.ntp_server, e)
-                state = "unknown"
-            self.clock.set_sync(state)
+            state, detail = await asyncio.to_thread(measure, self.ntp_servers,
+                                                    self.ntp_max_offset_s)
+            if state != "synced":
+                log.warning("clock %s against %s: %s", state, ", ".join(self.ntp_servers),
+                            detail)
+            self.clock.last_offset_s = detail.get("offset_s")
+            self.clock.set_sync(state, detail)
             await asyncio.sleep(self.ntp_interval_s)
 
     # -- status --------------------------------------------------------------------
@@ -448,7 +450,8 @@ class Agent:
             "state": "stopped" if self._stopped else "running",
             "interval_s": self.options.status_interval_s,
             "clock": {"sync": self.clock.sync_state, "jumps": self.clock.jumps,
-                      "last_jump_s": self.clock.last_jump_s},
+                      "last_jump_s": self.clock.last_jump_s,
+                      "offset_s": self.clock.last_offset_s},
             "outbox": ob,
             "sealer": {"frames": self.sealer.frames, "readings": self.sealer.readings,
                        "lost_readings": self.sealer.lost_readings},

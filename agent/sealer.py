@@ -131,6 +131,7 @@ class Sealer:
         jump = self.clock.check()
         if jump is not None:
             self._events.append(jump)
+        self._events += self.clock.take_events()
         n = 0
         while self._readings or self._events:
             take = self._readings[: self.max_readings]

@@ -37,6 +37,7 @@ def run_once(tmp: Path, name: str, frames: dict[str, list[Frame]], custody: bool
              key: Path, cp_every: int = 48_000) -> float:
     """CPU seconds per reading for one pass over all frames."""
     cfg = parse_config({"registry": str(tmp / "registry.json"),
+                        "registry_authority": str(tmp / "registry.json.authority.pub.pem"),
                         "state_dir": str(tmp / f"state-{name}")})
     store = Store(cfg.db_path)
     pipe = Pipeline(cfg, store, Metrics())

@@ -51,8 +51,10 @@ def main() -> None:
     ed = Ed25519Signer(vectors.ed_key())
     p256 = P256Signer(vectors.p256_key())
     reg = KeyRegistry()
-    reg.add("gw-demo-1", vectors.build()["keys"]["ed25519"]["public_key"].encode(), 0.0)
-    reg.add("gw-demo-2", vectors.build()["keys"]["p256"]["public_key"].encode(), 0.0)
+    reg.add("gw-demo-1", vectors.build()["keys"]["ed25519"]["public_key"].encode(), 0.0,
+            sites=["S"])
+    reg.add("gw-demo-2", vectors.build()["keys"]["p256"]["public_key"].encode(), 0.0,
+            sites=["S"])
     print(f"{'batch':>6} {'json baseline':>14} {'seal ed25519':>13} {'seal p256':>10} "
           f"{'verify ed25519':>15} {'bytes/reading':>14} {'json bytes':>11}   (us CPU per reading, median)")
     for n in (10, 80, 400):

@@ -56,7 +56,7 @@ def make_frames(tmp: Path, reg: KeyRegistry, n_frames: int, n_readings: int,
     out: dict[str, list[Frame]] = {}
     for gw in GATEWAYS:
         kf = generate_keypair(gw, tmp / "keys", overwrite=True)
-        reg.add(gw, kf.public_key.read_bytes(), valid_from=0.0)
+        reg.add(gw, kf.public_key.read_bytes(), valid_from=0.0, sites=[f"site-{gw}"])
         signer = load_signer(kf.private_key)
         prev, frames = ZERO_HASH, []
         boot = os.urandom(16)
@@ -143,6 +143,7 @@ def write_config(info: st.StackInfo, tmp: Path, name: str, workers: int,
         "influx": {"url": info.influx_url, "database": name, "batch_lines": 5000,
                    "flush_interval_ms": 200},
         "registry": str(tmp / "registry.json"),
+        "registry_authority": str(tmp / "registry.json.authority.pub.pem"),
         "state_dir": str(tmp / f"state-{name}"),
         "shard": {"count": workers},
         "metrics": {"port": metrics_port},
@@ -231,10 +232,8 @@ def latency(info: st.StackInfo, tmp: Path, rate_readings: float, n_readings: int
     svc.start()
     svc.connected.wait(10)
     time.sleep(0.5)
-    reg = KeyRegistry.load(tmp / "registry.json")
     gw = GATEWAYS[0]
     signer = load_signer(tmp / "keys" / f"{gw}.key")
-    del reg
     cred = info.gateway(gw)
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency-pub")
     c.tls_set_context(info.tls_context())

@@ -1,4 +1,5 @@
-"""What a third party can reproduce from the evidence alone: frames.jsonl + registry.json.
+"""What a third party can reproduce from the evidence alone: frames.jsonl, the signed
+registry.json and the registry authority's public key.
 
 After the run the demo verifies every recorded frame, turns the verified frames into the
 offline record format (docs/records.md) with the lane controller's test context applied
@@ -24,10 +25,11 @@ from stationseal.records import Sample, SiteEvent
 from stationseal.verify import Rejected, verify_payload
 
 
-def records_from_frames(frames: Path, registry: Path) -> tuple[list[Sample | SiteEvent], int]:
+def records_from_frames(frames: Path, registry: Path, authority: Path
+                        ) -> tuple[list[Sample | SiteEvent], int]:
     """Records of every verified frame (per gateway in sequence order), with lane context;
     and the number of frames that did not verify (left out)."""
-    reg = KeyRegistry.load(registry)
+    reg = KeyRegistry.load(registry, authority)
     verified: list[Frame] = []
     rejected = 0
     for ff in read_frames(frames):
@@ -48,9 +50,21 @@ def records_from_frames(frames: Path, registry: Path) -> tuple[list[Sample | Sit
     return out, rejected
 
 
+def export_receipts(out_dir: Path, central: Path) -> int:
+    """``receipts.jsonl``: when the central side first received each frame (the receipt
+    log), so a third party can judge key validity and time on the arrival, not only on
+    the gateway's clock (`stationseal verify --receipts`). Returns the exit status."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "stationseal.cli", "evidence", "receipts", "--config",
+         str(central), "--out", str(out_dir / "receipts.jsonl")],
+        capture_output=True, text=True, timeout=120)
+    return proc.returncode
+
+
 def reproduce(out_dir: Path, sites: Path, params: Path) -> dict[str, Any]:
     """Write ``records.jsonl`` and ``alerts-offline.jsonl`` in ``out_dir``."""
-    records, rejected = records_from_frames(out_dir / "frames.jsonl", out_dir / "registry.json")
+    records, rejected = records_from_frames(out_dir / "frames.jsonl", out_dir / "registry.json",
+                                            out_dir / "registry-authority.pub.pem")
     rec_path = out_dir / "records.jsonl"
     alerts_path = out_dir / "alerts-offline.jsonl"
     n = write_records(rec_path, records)

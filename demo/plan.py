@@ -125,8 +125,8 @@ def _inst(iid: str, profile: str, transport: dict[str, Any], **kw: Any) -> dict[
             "timeout_s": 0.5, "backoff_initial_s": 0.5, "backoff_max_s": 5.0, **kw}
 
 
-def station_site(info: StackInfo, key_file: Path, profiles: Path, state: Path
-                 ) -> dict[str, Any]:
+def station_site(info: StackInfo, key_file: Path, profiles: Path, state: Path,
+                 ntp: str | None = None) -> dict[str, Any]:
     """The vehicle station as its commissioning engineer writes it (transports are
     rewritten by the simulators to where they listen)."""
     insts: list[dict[str, Any]] = []
@@ -155,12 +155,13 @@ def station_site(info: StackInfo, key_file: Path, profiles: Path, state: Path
         "key_file": str(key_file), "profiles_dir": str(profiles),
         "uplink": _uplink(info, STATION_GW),
         "outbox": {"path": str(state / "station-outbox.sqlite"), "batch_max_ms": 1000},
+        "clock": _clock(ntp),
         "instruments": insts,
     }
 
 
 def cems_site(info: StackInfo, key_file: Path, profiles: Path, state: Path,
-              hj212_port: int) -> dict[str, Any]:
+              hj212_port: int, ntp: str | None = None) -> dict[str, Any]:
     """The stack site; its gateway also listens for the site's HJ 212 data logger."""
     from sim.hj212_site import hj212_section
 
@@ -169,12 +170,31 @@ def cems_site(info: StackInfo, key_file: Path, profiles: Path, state: Path,
         "key_file": str(key_file), "profiles_dir": str(profiles),
         "uplink": _uplink(info, CEMS_GW),
         "outbox": {"path": str(state / "cems-outbox.sqlite"), "batch_max_ms": 1000},
+        "clock": _clock(ntp),
         "hj212": hj212_section(hj212_port),
         "instruments": [_inst(
             CEMS_INSTRUMENT, "stack_cems",
             {"type": "modbus_rtu", "port": "/dev/ttyAMA0", "baudrate": 9600, "parity": "E"},
             parameter_interval_s=1.0)],
     }
+
+
+def _clock(ntp: str | None) -> dict[str, Any]:
+    """A deployed gateway measures its clock against NTP servers; the demo's is an SNTP
+    server on loopback (sim/sntp.py), checked every 10 s."""
+    if ntp is None:
+        return {"ntp_check": True}
+    return {"ntp_servers": [ntp], "check_interval_s": 10.0, "max_offset_s": 1.0}
+
+
+def bound_instruments(site_doc: dict[str, Any]) -> list[str]:
+    """The instrument ids a site's gateway key is bound to in the registry: its
+    instruments and, if it listens for one, the HJ 212 logger (which covers the logger's
+    ``logger.minute`` / ``logger.hour`` streams)."""
+    ids = {i["id"] for i in site_doc["instruments"]}
+    if site_doc.get("hj212") is not None:
+        ids.add(site_doc["hj212"].get("instrument", "logger"))
+    return sorted(ids)
 
 
 def sites_yaml() -> dict[str, Any]:
@@ -186,15 +206,15 @@ def sites_yaml() -> dict[str, Any]:
     return {"sites": sites}
 
 
-def central_config(info: StackInfo, *, registry: Path, state: Path, alerts: Path,
-                   sites: Path, params: Path, central_key: Path | None = None,
+def central_config(info: StackInfo, *, registry: Path, authority: Path, state: Path,
+                   alerts: Path, sites: Path, params: Path, central_key: Path | None = None,
                    archive: Path | None = None) -> dict[str, Any]:
     """CENTRAL.yaml for `stationseal ingest run`, pointing at the demo stack. With
     ``central_key`` the receipt log signs checkpoints (every 10 s in the demo);
     ``archive`` keeps every accepted frame as received, for evidence packages."""
     from ingest.config import config_from_stack, dump_config
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"registry_authority": str(authority)}
     if central_key is not None:
         extra["custody"] = {"key_file": str(central_key), "origin": "demo-central",
                             "checkpoint_interval_s": 10.0}

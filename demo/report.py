@@ -89,15 +89,20 @@ def quarantine_counts(db: Path) -> dict[str, int] | None:
         store.close()
 
 
-def verification(frames: Path, registry: Path) -> dict[str, Any]:
+def verification(frames: Path, registry: Path, authority: Path,
+                 receipts: Path | None = None) -> dict[str, Any]:
     if not frames.exists():
         return {"ok": False, "error": f"{frames} was not written"}
-    rep = verify_file(frames, KeyRegistry.load(registry))
+    from stationseal.verify_cli import load_receipts
+
+    rec = load_receipts(receipts) if receipts is not None and receipts.exists() else None
+    rep = verify_file(frames, KeyRegistry.load(registry, authority), rec)
     return {
         "ok": rep.ok and rep.lines > 0,
         "lines": rep.lines,
         "failures": rep.failures[:20],
         "failures_total": len(rep.failures),
+        "receipts": rep.receipts,
         "gateways": {gw: {"frames": g.frames, "readings": g.readings, "events": g.events,
                           "seq_range": [g.first_seq, g.last_seq], "issues": g.issues[:20]}
                      for gw, g in rep.gateways.items()},

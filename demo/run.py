@@ -38,7 +38,7 @@ from typing import Any
 
 from agent.status import status_path_for
 from demo import plan
-from demo.offline import reproduce
+from demo.offline import export_receipts, reproduce
 from demo.procs import Child, Children, reap_leftovers
 from demo.recorder import Recorder
 from demo.report import (
@@ -60,13 +60,16 @@ from sim.hj212_site import (
     driver_values_fn,
     start_logger,
 )
+from sim.sntp import SntpServer
 from stack import manager as stack
 from stationseal.keys import KeyRegistry, generate_keypair
+from stationseal.registry import Authority
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "firmware-config" / "instruments"
 #: Files and directories the demo owns inside OUT (removed at the start of a run).
-OWNED = ("frames.jsonl", "alerts.jsonl", "summary.json", "registry.json", "records.jsonl",
+OWNED = ("frames.jsonl", "alerts.jsonl", "summary.json", "registry.json",
+         "registry-authority.pub.pem", "receipts.jsonl", "records.jsonl",
          "alerts-offline.jsonl", ".stack", "keys", "config", "state", "logs", "run",
          "evidence")
 
@@ -122,6 +125,7 @@ class Demo:
         self.interrupted = False
         self.offline: dict[str, Any] | None = None
         self.hj212_port = 0
+        self.ntp: SntpServer | None = None
         self.logger: LoggerRun | None = None
         self.logger_labels: list[dict[str, Any]] = []
         self.evidence: dict[str, Any] | None = None
@@ -153,14 +157,36 @@ class Demo:
             f"{self.info.influx_url}")
         return self.info
 
-    def make_keys(self) -> dict[str, Path]:
+    def site_docs(self, info: stack.StackInfo) -> dict[str, dict[str, Any]]:
+        """Both sites' configs as their commissioning engineer writes them. The gateways
+        measure their clocks against an SNTP server on loopback, as a deployed gateway
+        does against the site's NTP servers."""
+        self.ntp = SntpServer().start()
+        self.hj212_port = free_port()
+        state = self.p("state", "gateways")
+        return {
+            plan.STATION_GW: plan.station_site(info, self.p("keys", f"{plan.STATION_GW}.key"),
+                                               PROFILES, state, self.ntp.address),
+            plan.CEMS_GW: plan.cems_site(info, self.p("keys", f"{plan.CEMS_GW}.key"),
+                                         PROFILES, state, self.hj212_port, self.ntp.address),
+        }
+
+    def make_keys(self, docs: dict[str, dict[str, Any]]) -> dict[str, Path]:
+        """Gateway keys, and the signed registry binding each key to its gateway, its site
+        and its instruments. The registry authority's key stays in ``keys/`` (in a
+        deployment: offline); its public key is published beside the registry for
+        third-party verification."""
+        auth = Authority.generate(self.p("keys", "registry-authority.key"),
+                                  self.p("registry-authority.pub.pem"))
         reg = KeyRegistry()
         keys: dict[str, Path] = {}
-        for gw in (plan.STATION_GW, plan.CEMS_GW):
+        for gw, doc in docs.items():
             kf = generate_keypair(gw, self.p("keys"))
-            reg.add(gw, kf.public_key.read_bytes(), valid_from=time.time() - 60)
+            reg.add(gw, kf.public_key.read_bytes(), valid_from=time.time() - 60,
+                    sites=[doc["site"]], instruments=plan.bound_instruments(doc),
+                    backfill_s=86400)
             keys[gw] = kf.private_key
-        reg.save(self.p("registry.json"))
+        reg.save(self.p("registry.json"), auth)
         # The central service's own key: signs the receipt log's checkpoints and the
         # evidence packages' manifests.
         generate_keypair("central", self.p("keys"))
@@ -173,7 +199,8 @@ class Demo:
             "# Demo-only detector windows: the plant runs on a compressed clock but the\n"
             "# gateway stamps readings in real time (see demo/plan.py).")
         central = plan.write_yaml(self.p("config", "central.yaml"), plan.central_config(
-            info, registry=self.p("registry.json"), state=self.p("state", "ingest"),
+            info, registry=self.p("registry.json"),
+            authority=self.p("registry-authority.pub.pem"), state=self.p("state", "ingest"),
             alerts=self.p("alerts.jsonl"), sites=sites, params=params,
             central_key=self.p("keys", "central.key"), archive=self.p("state", "archive")))
         self.ingest = self.children.start(
@@ -199,9 +226,8 @@ class Demo:
             log("WARNING: ingest is not healthy; the run continues without storage")
 
     def start_sites(self, info: stack.StackInfo, keys: dict[str, Path],
-                    scenario: plan.Scenario) -> None:
+                    docs: dict[str, dict[str, Any]], scenario: plan.Scenario) -> None:
         self.sims = SimThread()
-        self.hj212_port = free_port()
         far = time.time() + 10 * 86400  # placeholders: idle lanes until the run starts
         self.lanes.update({ln: lane_sim.LaneDriver(cfg, far)
                            for ln, cfg in scenario.lanes.items()})
@@ -209,15 +235,10 @@ class Demo:
             plan.CEMS, time.time(), seconds_per_hour=self.seconds_per_hour,
             instrument=plan.CEMS_INSTRUMENT)
         state = self.p("state", "gateways")
-        for name, gw, doc, factory in (
-                ("station", plan.STATION_GW,
-                 plan.station_site(info, keys[plan.STATION_GW], PROFILES, state),
-                 lane_sim.values_factory(self.lanes)),
-                ("cems", plan.CEMS_GW,
-                 plan.cems_site(info, keys[plan.CEMS_GW], PROFILES, state,
-                                self.hj212_port),
-                 stack_site.values_factory(self.stacks))):
-            cfg = plan.write_yaml(self.p("config", f"{name}.yaml"), doc)
+        for name, gw, factory in (
+                ("station", plan.STATION_GW, lane_sim.values_factory(self.lanes)),
+                ("cems", plan.CEMS_GW, stack_site.values_factory(self.stacks))):
+            cfg = plan.write_yaml(self.p("config", f"{name}.yaml"), docs[gw])
             runtime = self.p("config", f"{name}.runtime.yaml")
             sim = self.sims.start_site(cfg, runtime, factory, state, keys[gw])
             self.status_files[gw] = status_path_for(sim.site.outbox.path)
@@ -355,6 +376,9 @@ class Demo:
         if self.sims is not None:
             self.sims.close()
             self.sims = None
+        if self.ntp is not None:
+            self.ntp.stop()
+            self.ntp = None
         if self.info is not None:
             if not self.stored:  # interrupted: still say what reached the database
                 self.stored = self._final_counts({})
@@ -372,11 +396,12 @@ class Demo:
         self.prepare()
         try:
             info = self.start_stack()
-            keys = self.make_keys()
+            docs = self.site_docs(info)
+            keys = self.make_keys(docs)
             self.recorder = Recorder(info, self.p("frames.jsonl"))
             self.recorder.start()
             self.start_ingest(info)
-            self.start_sites(info, keys, scenario)
+            self.start_sites(info, keys, docs, scenario)
             self.go(scenario)
             self.run_for()
             self.stop_agents()
@@ -406,6 +431,10 @@ class Demo:
             finally:
                 for s, h in previous.items():
                     signal.signal(s, h)
+        central = self.p("config", "central.yaml")
+        if not self.interrupted and central.exists() and \
+                export_receipts(self.out, central) != 0:
+            self.problems.append("could not export the receipt log (receipts.jsonl)")
         if not self.interrupted and self.p("frames.jsonl").exists():
             log("reproducing the alerts offline from frames.jsonl (stationseal detect) ...")
             try:

@@ -50,7 +50,8 @@ def _planted_lanes(demo: Demo) -> list[dict[str, Any]]:
 def build(demo: Demo, scenario: plan.Scenario) -> dict[str, Any]:
     frames = count_frames(demo.p("frames.jsonl"))
     alerts = load_alerts(demo.p("alerts.jsonl"))
-    ver = verification(demo.p("frames.jsonl"), demo.p("registry.json")) \
+    ver = verification(demo.p("frames.jsonl"), demo.p("registry.json"),
+                       demo.p("registry-authority.pub.pem"), demo.p("receipts.jsonl")) \
         if demo.p("registry.json").exists() else {"ok": False, "error": "no registry"}
     signed = sum(frames.readings.values())
     stored = sum(demo.stored.values())

@@ -24,13 +24,15 @@ def sources(args: argparse.Namespace) -> Any:
             raise UsageError(str(e)) from None
     return sources_for(cfg, alerts=args.alerts, frames=args.frames, registry=args.registry,
                        sites=args.sites, params=args.params, key=args.key,
-                       central_public_key=args.central_public_key)
+                       central_public_key=args.central_public_key,
+                       registry_authority=args.registry_authority)
 
 
 def sources_for(cfg: Any, *, alerts: str | None = None, frames: list[str] | None = None,
                 registry: str | None = None, sites: str | None = None,
                 params: str | None = None, key: str | None = None,
-                central_public_key: str | None = None) -> Any:
+                central_public_key: str | None = None,
+                registry_authority: str | None = None) -> Any:
     from evidence.package import BuildError, Sources, load_alerts_file
     from ingest.custody.log import ReceiptLog
     from ingest.store import Store
@@ -68,6 +70,9 @@ def sources_for(cfg: Any, *, alerts: str | None = None, frames: list[str] | None
         return Path(from_cfg)
 
     reg_path = pick(registry, cfg.registry if cfg else None, "registry")
+    authority = registry_authority or (cfg.registry_pin() if cfg else None)
+    if not authority:
+        raise UsageError("give --registry-authority or --config CENTRAL.yaml that names it")
     sites_path = pick(sites, cfg.detection.sites if cfg else None, "sites")
     params_path = Path(params) if params else (cfg.detection.params if cfg else None)
     key_path = pick(key, cfg.custody.key_file if cfg else None, "key")
@@ -87,7 +92,7 @@ def sources_for(cfg: Any, *, alerts: str | None = None, frames: list[str] | None
                          max_receipts=c.checkpoint_max_receipts)
     origin = cfg.custody.origin if cfg is not None else "stationseal-central"
     return Sources(alert_docs, frame_paths, reg_path, sites_path, params_path, signer,
-                   pub.read_bytes(), log, origin)
+                   pub.read_bytes(), log, origin, registry_authority=authority)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -121,7 +126,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from evidence.verify import verify_package
 
     pem = Path(args.central_key).read_bytes() if args.central_key else None
-    rep = verify_package(args.package, pem)
+    rep = verify_package(args.package, pem, args.registry_authority)
     if args.json:
         print(json.dumps(rep.to_json(), indent=2, ensure_ascii=False))
     else:
@@ -136,6 +141,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.central_key is None:
             print("  note: checked against the package's own central.pub.pem; compare its key "
                   "id with the published one, or pass --central-key")
+        if args.registry_authority is None:
+            print(f"  note: key registry signed by authority sha256:{rep.registry_authority}; "
+                  "compare it with the published one, or pass --registry-authority")
     return 0 if rep.ok else 1
 
 
@@ -149,6 +157,9 @@ def register_build(sub: Any) -> None:
     sp.add_argument("--alerts", help="alerts file (JSON Lines) instead of the stored alerts")
     sp.add_argument("--frames", nargs="+", help="frames file(s) instead of the archive")
     sp.add_argument("--registry", help="key registry (default: the config's)")
+    sp.add_argument("--registry-authority",
+                    help="registry authority public key or sha256 fingerprint (default: "
+                         "the config's)")
     sp.add_argument("--sites", help="SITES.yaml (default: the config's detection.sites)")
     sp.add_argument("--params", help="PARAMS.yaml (default: the config's detection.params)")
     sp.add_argument("--key", help="central private key (default: custody.key_file)")
@@ -162,5 +173,7 @@ def register_build(sub: Any) -> None:
     sp = sub.add_parser("verify", help="verify an evidence package (exit 0 only if accepted)")
     sp.add_argument("package", help="package directory or ZIP")
     sp.add_argument("--central-key", help="central public key PEM to trust (recommended)")
+    sp.add_argument("--registry-authority",
+                    help="registry authority public key or sha256 fingerprint to trust")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_verify)

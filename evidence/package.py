@@ -43,6 +43,7 @@ from stationseal.export import gateway_of_topic, line_for, read_frames
 from stationseal.frame import Frame, FrameError, decode
 from stationseal.keys import KeyRegistry
 from stationseal.records import from_rfc3339, to_rfc3339
+from stationseal.registry import public_key_pem
 from stationseal.signing import Signer
 
 FORMAT = "stationseal-evidence/1"
@@ -68,6 +69,8 @@ class Sources:
     log: ReceiptLog | None
     origin: str = "stationseal-central"
     quarantine: list[tuple[str | None, bytes]] = field(default_factory=list)
+    #: The registry authority to trust: its public key file or SHA-256 fingerprint.
+    registry_authority: str = ""
 
 
 @dataclass(slots=True)
@@ -406,7 +409,7 @@ def build(alert_id: str, src: Sources, out: Path, *, plots: bool = True,
     params_all = load_params(src.params) if src.params else {}
     rule = str(alert.get("rule"))
     params = params_all
-    registry = KeyRegistry.load(src.registry)
+    registry = KeyRegistry.load(src.registry, src.registry_authority)
     gateways = _gateways_of_sites(src.frames, site_ids)
     ev_gw = (alert.get("evidence") or {}).get("gateway")
     if isinstance(ev_gw, str):
@@ -506,10 +509,11 @@ def _write_contents(root: Path, alert: dict[str, Any], sel: Selected, src: Sourc
         for gw in sorted(sel.frames):
             for f in sel.frames[gw]:
                 fh.write(sel.lines[(gw, f.seq)] + "\n")
-    # The keys involved, in the registry format verifiers load.
-    kids = sorted({f.key_id for lst in sel.frames.values() for f in lst})
-    _dump(root / "registry.json", {"version": 1,
-                                   "keys": [registry.entries[k].to_json() for k in kids]})
+    # The signed key registry (the whole document: its signature covers all of it) and
+    # the public key of the authority that signed it (wire format §9).
+    assert registry.document is not None and registry.authority_public is not None
+    (root / "registry.json").write_bytes(registry.document)
+    (root / "registry-authority.pub.pem").write_bytes(public_key_pem(registry.authority_public))
     (root / "central.pub.pem").write_bytes(src.central_public_pem)
     _dump(root / "alert.json", alert)
     # Chain context and receipts.

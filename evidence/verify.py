@@ -33,17 +33,13 @@ from stationseal.checkpoint import (
 )
 from stationseal.export import gateway_of_topic, read_frames
 from stationseal.frame import Frame
-from stationseal.keys import KeyRegistry, RegistryError
+from stationseal.keys import KeyLookupError, KeyRegistry, RegistryError
 from stationseal.records import from_rfc3339
 from stationseal.signing import SigningError, key_id_for, load_public_key, verify_with_key
 
 #: Bounds on a ZIP package before it is unpacked (a package is a few MB per day of data).
 MAX_ZIP_ENTRIES = 10_000
 MAX_ZIP_BYTES = 4 << 30
-
-#: A frame sealed just before its key expired may arrive later (store-and-forward after an
-#: outage); one received longer than this after expiry is not accepted as evidence.
-RECEIPT_GRACE_S = 7 * 86400.0
 
 #: Every reason a package can be refused for (docs/evidence.md §6).
 REASONS = {
@@ -99,6 +95,7 @@ class VerifyReport:
     reproduced: bool = False
     reproduction: str = ""
     central_key_id: str | None = None
+    registry_authority: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +114,7 @@ class VerifyReport:
                 "receipts": self.receipts, "checkpoints": self.checkpoints,
                 "records": self.records, "reproduced": self.reproduced,
                 "reproduction": self.reproduction, "central_key_id": self.central_key_id,
+                "registry_authority": self.registry_authority,
                 "failures": [f.to_json() for f in self.failures]}
 
 
@@ -139,10 +137,13 @@ def _open(package: Path, tmp: Path) -> Path:
     raise ValueError(f"{package}: not a directory or ZIP file")
 
 
-def verify_package(package: str | Path, central_key: bytes | None = None) -> VerifyReport:
+def verify_package(package: str | Path, central_key: bytes | None = None,
+                   registry_authority: str | None = None) -> VerifyReport:
     """``central_key``: PEM of the central public key to trust; without it the package's
     own ``central.pub.pem`` is used and its key id reported (compare it with the
-    published one)."""
+    published one). ``registry_authority``: likewise for the key registry's authority
+    (public key file or sha256 fingerprint; default the package's
+    ``registry-authority.pub.pem``, whose fingerprint is reported)."""
     rep = VerifyReport(str(package))
     with tempfile.TemporaryDirectory(prefix="evidence-verify-") as td:
         try:
@@ -150,11 +151,12 @@ def verify_package(package: str | Path, central_key: bytes | None = None) -> Ver
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             rep.fail("package_unreadable", str(e))
             return rep
-        _verify(root, rep, central_key)
+        _verify(root, rep, central_key, registry_authority)
     return rep
 
 
-def _verify(root: Path, rep: VerifyReport, central_key: bytes | None) -> None:
+def _verify(root: Path, rep: VerifyReport, central_key: bytes | None,
+            registry_authority: str | None = None) -> None:
     # 1. Manifest and its signature.
     try:
         body = (root / "manifest.json").read_bytes()
@@ -194,10 +196,13 @@ def _verify(root: Path, rep: VerifyReport, central_key: bytes | None) -> None:
 
     # 2. Frames against the packaged key registry.
     try:
-        registry = KeyRegistry.load(root / "registry.json")
+        registry = KeyRegistry.load(
+            root / "registry.json",
+            registry_authority or str(root / "registry-authority.pub.pem"))
     except RegistryError as e:
         rep.fail("registry_invalid", str(e))
         return
+    rep.registry_authority = registry.authority_fingerprint
     try:
         alert = json.loads((root / "alert.json").read_text(encoding="utf-8"))
         chain = json.loads((root / "chain.json").read_text(encoding="utf-8"))["gateways"]
@@ -337,16 +342,11 @@ def _check_receipts(rep: VerifyReport, frames: dict[tuple[str, int], Frame],
             continue
         # The key must have been valid when the centre first saw the frame: a frame made
         # later with a retired key, back-dated, has a receipt after the retirement.
-        entry = registry.entries.get(f.key_id)
-        at = proof.received_ms / 1000
-        if entry is not None and entry.revoked_at is not None and at >= entry.revoked_at:
-            rep.fail("key_invalid_at_receipt", f"{k[0]} seq {k[1]}: received "
-                     f"{at:.3f}, key {f.key_id} revoked at {entry.revoked_at:.3f}")
-        elif entry is not None and entry.valid_until is not None and \
-                at >= entry.valid_until + RECEIPT_GRACE_S:
-            rep.fail("key_invalid_at_receipt", f"{k[0]} seq {k[1]}: received "
-                     f"{at:.3f}, more than {RECEIPT_GRACE_S / 86400:.0f} days after key "
-                     f"{f.key_id} expired ({entry.valid_until:.3f})")
+        try:
+            registry.check_validity(registry.key_for(f.gateway_id, f.key_id), f.created_ms,
+                                    proof.received_ms)
+        except KeyLookupError as e:
+            rep.fail("key_invalid_at_receipt", f"{k[0]} seq {k[1]}: {e.reason}: {e.detail}")
         proven.add(k)
     rep.receipts = len(proven)
     for k in sorted(set(frames) - proven):

@@ -245,7 +245,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _preflight(cfg, args.config)
     try:
-        reg = KeyRegistry.load(cfg.registry)
+        reg = KeyRegistry.load(cfg.registry, cfg.registry_pin())
         make_engine(cfg.detection)
         if cfg.hj212 is not None:
             for lg in cfg.hj212.loggers:
@@ -253,7 +253,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (RegistryError, ConfigError) as e:
         raise _usage(str(e)) from None
     print(json.dumps(dump_config(cfg), indent=2, default=str))
-    print(f"{args.config}: OK ({len(reg.entries)} keys in the registry)", file=sys.stderr)
+    print(f"{args.config}: OK ({len(reg.entries)} keys in the registry, serial {reg.serial})",
+          file=sys.stderr)
     return 0
 
 

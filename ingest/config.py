@@ -350,6 +350,12 @@ class IngestConfig(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     influx: InfluxConfig = InfluxConfig()
     registry: Path
+    """The signed key registry (docs/wire-format.md §9)."""
+    registry_authority: Path | None = None
+    """The registry authority's public key (PEM): the registry must be signed by it."""
+    registry_authority_fingerprint: str | None = Field(
+        default=None, pattern=r"^(sha256:)?[0-9a-fA-F]{64}$")
+    """Instead of the key file: its SHA-256 fingerprint (``keys authority fingerprint``)."""
     registry_check_s: float = Field(default=2.0, gt=0)
     """How often the key registry's mtime is checked; a changed file is reloaded."""
     state_dir: Path
@@ -375,6 +381,21 @@ class IngestConfig(_Strict):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "ingest.db"
+
+    @model_validator(mode="after")
+    def _registry_pinned(self) -> IngestConfig:
+        if (self.registry_authority is None) == (self.registry_authority_fingerprint is None):
+            raise ValueError("give exactly one of registry_authority (the registry "
+                             "authority's public key file) and registry_authority_fingerprint:"
+                             " the key registry is only trusted if that authority signed it")
+        return self
+
+    def registry_pin(self) -> str:
+        """What stationseal.registry.AuthorityPin.parse takes."""
+        if self.registry_authority is not None:
+            return str(self.registry_authority)
+        assert self.registry_authority_fingerprint is not None
+        return self.registry_authority_fingerprint
 
 
 def shard_of(gateway_id: str, count: int) -> int:
@@ -452,6 +473,9 @@ def config_from_stack(info: Any, registry: Path, state_dir: Path, **over: Any) -
         },
         "influx": {"version": 1, "url": info.influx_url, "database": info.influx_database},
         "registry": str(registry),
+        # Demos and tests keep the authority's key beside the registry
+        # (stationseal.registry.Authority.beside); production configs name it.
+        "registry_authority": str(Path(str(registry) + ".authority.pub.pem")),
         "state_dir": str(state_dir),
         "metrics": {"port": 0},
     }
@@ -511,6 +535,8 @@ def preflight(cfg: IngestConfig) -> tuple[list[str], list[str]]:
     secret(cfg.influx.token_file, "influx.token_file")
     secret(cfg.custody.key_file, "custody.key_file")
     errs.append(pf.readable_file(cfg.registry, "registry"))
+    if cfg.registry_authority is not None:
+        errs.append(pf.readable_file(cfg.registry_authority, "registry_authority"))
     errs.append(pf.writable_dir(cfg.state_dir, "state_dir"))
     if cfg.db_path.exists():
         errs.append(pf.writable_file(cfg.db_path, "state_dir (state database)"))

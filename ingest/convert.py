@@ -240,8 +240,10 @@ def integrity_event(
 
 
 _QUARANTINE_EVENT_NAMES = frozenset({
-    "malformed", "schema", "bad_signature", "unknown_key", "revoked_key",
-    "key_not_yet_valid", "key_expired", "gateway_mismatch", "topic_mismatch",
+    "oversize", "malformed", "schema", "bad_signature", "unknown_key", "revoked_key",
+    "key_not_yet_valid", "key_expired", "gateway_mismatch", "site_mismatch",
+    "instrument_mismatch", "topic_mismatch", "bad_topic", "bad_json", "bad_line",
+    "bad_base64",
 })
 
 

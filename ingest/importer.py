@@ -113,8 +113,10 @@ def run_import(cfg: IngestConfig, path: str | Path, *, progress: bool = True,
                 ff = next(read_frames(io.StringIO(text)))
                 now = time.time()
                 if ff.error is not None or ff.payload is None:
-                    pipe._quarantine(ff.topic, raw.rstrip(b"\r\n"), now, "malformed",
-                                     f"line {res.lines}: {ff.error}", None)
+                    # The same line verdicts as `stationseal verify` (bad_json, ...).
+                    pipe._quarantine(ff.topic, raw.rstrip(b"\r\n"), now,
+                                     ff.reason or "bad_line", f"line {res.lines}: {ff.error}",
+                                     None)
                     outcome = "quarantined"
                 else:
                     outcome = pipe.handle(ff.topic, ff.payload, now)

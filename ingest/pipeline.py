@@ -26,11 +26,11 @@ from ingest.engine_hook import EngineAlert
 from ingest.metrics import Metrics
 from ingest.store import Store
 from ingest.testcontext import LaneContexts
-from stationseal.chain import ChainIssue, ChainTracker
+from stationseal.chain import ChainIssue, ChainTracker, arrival_findings
 from stationseal.export import frames_topic, gateway_of_topic, line_for
 from stationseal.frame import Frame
-from stationseal.keys import KeyRegistry, RegistryError
 from stationseal.records import Sample, SiteEvent
+from stationseal.registry import AcceptedRegistry, AuthorityPin, KeyRegistry, RegistryError
 from stationseal.verify import Rejected, verify_payload
 
 log = logging.getLogger("stationseal.ingest")
@@ -44,6 +44,7 @@ SEVERITY: dict[str, str] = {
     "replay": "high",
     "fork": "high",
     "sequence_reset": "high",
+    "oversize": "medium",
     "malformed": "medium",
     "schema": "medium",
     "bad_signature": "high",
@@ -52,8 +53,15 @@ SEVERITY: dict[str, str] = {
     "key_not_yet_valid": "medium",
     "key_expired": "medium",
     "gateway_mismatch": "high",
+    "site_mismatch": "high",
+    "instrument_mismatch": "high",
     "topic_mismatch": "high",
+    "bad_topic": "medium",
     "storage_rejected": "medium",
+    "clock_unsynced": "medium",
+    # Raised to high when the frame claims a synchronised clock (see _time_findings).
+    "created_future": "medium",
+    "created_too_old": "medium",
 }
 
 #: Engine adapter: records in, alert updates out (ingest.engine_hook.EngineHook).
@@ -88,16 +96,56 @@ class Batch:
 
 
 class RegistryWatcher:
-    """Reloads the key registry when its file changes (mtime, size or inode: ``save``
-    replaces the file atomically, so the inode changes even within one mtime tick)."""
+    """The signed key registry, reloaded when its file changes (mtime, size or inode:
+    ``save`` replaces the file atomically, so the inode changes even within one mtime
+    tick).
 
-    def __init__(self, path: Path, interval_s: float, metrics: Metrics):
+    A version is used only if the pinned authority signed it and it extends the last
+    version this service accepted (kept in the state directory, so a restart cannot be
+    rolled back either). Otherwise the last good version stays in force, the refusal is
+    logged, counted (``registry_reloads_total{result="refused"}``) and shown as
+    ``registry_state`` (1 current, 0 a newer file was refused).
+    """
+
+    def __init__(self, path: Path, interval_s: float, metrics: Metrics, pin: str,
+                 state_dir: Path):
         self.path = path
         self.interval = interval_s
         self.metrics = metrics
-        self.registry = KeyRegistry.load(path)
+        self.pin = AuthorityPin.parse(pin)
+        self.accepted = AcceptedRegistry(state_dir)
+        self.error: str | None = None
         self._sig = self._stat()
         self._checked = time.monotonic()
+        try:
+            reg = KeyRegistry.load(path, self.pin)
+            why = self.accepted.accept(reg, self.pin)
+            if why is not None:
+                raise RegistryError(f"{path}: {why}")
+        except RegistryError as e:
+            last = self._last_good()
+            if last is None:
+                raise
+            self._refused(str(e))
+            reg = last
+        else:
+            self.metrics.set("registry_state", 1)
+        self.registry = reg
+        self.metrics.set("registry_serial", reg.serial)
+
+    def _last_good(self) -> KeyRegistry | None:
+        try:
+            return self.accepted.load(self.pin)
+        except RegistryError as e:
+            log.error("the last accepted key registry cannot be used either: %s", e)
+            return None
+
+    def _refused(self, why: str) -> None:
+        self.error = why
+        log.error("key registry refused, keeping serial %s: %s",
+                  getattr(getattr(self, "registry", None), "serial", "?"), why)
+        self.metrics.inc("registry_reloads_total", result="refused")
+        self.metrics.set("registry_state", 0)
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -114,19 +162,25 @@ class RegistryWatcher:
         sig = self._stat()
         if sig == self._sig or sig is None:
             return False
+        self._sig = sig
         try:
-            reg = KeyRegistry.load(self.path)
+            reg = KeyRegistry.load(self.path, self.pin)
+            why = reg.extends(self.registry.serial, len(self.registry.changes),
+                              self.registry.head) or self.accepted.accept(reg, self.pin)
+            if why is not None:
+                raise RegistryError(f"{self.path}: {why}")
         except RegistryError as e:
-            # Keep verifying with the last good registry: a half-edited file must not
-            # turn every frame into "unknown key".
-            log.error("key registry not reloaded, keeping the previous one: %s", e)
-            self.metrics.inc("registry_reloads_total", result="error")
-            self._sig = sig
+            # Keep verifying with the last good registry: a half-edited, forged or older
+            # file must not turn every frame into "unknown key" or revive a revoked key.
+            self._refused(str(e))
             return False
         self.registry = reg
-        self._sig = sig
+        self.error = None
         self.metrics.inc("registry_reloads_total", result="ok")
-        log.info("key registry reloaded from %s (%d keys)", self.path, len(reg.entries))
+        self.metrics.set("registry_state", 1)
+        self.metrics.set("registry_serial", reg.serial)
+        log.info("key registry serial %d loaded from %s (%d keys)", reg.serial, self.path,
+                 len(reg.entries))
         return True
 
 
@@ -145,7 +199,8 @@ class Pipeline:
         self.metrics = metrics
         self.source = source
         self.engine = engine
-        self.registry = RegistryWatcher(cfg.registry, cfg.registry_check_s, metrics)
+        self.registry = RegistryWatcher(cfg.registry, cfg.registry_check_s, metrics,
+                                        cfg.registry_pin(), cfg.state_dir)
         self.trackers: dict[str, ChainTracker] = {}
         #: Last site each gateway reported (gaps are found between frames).
         self.sites: dict[str, str] = {}
@@ -182,14 +237,20 @@ class Pipeline:
         self.registry.maybe_reload()
         topic_gw = gateway_of_topic(topic) if topic else None
         if topic and topic_gw is None:
-            self._quarantine(topic, payload, received, "topic_mismatch",
-                             f"topic {topic!r} is not <prefix>/<gateway>/frames", None)
+            self._quarantine(topic, payload, received, "bad_topic",
+                             f"topic {topic!r} is not stationseal/v1/<gateway_id>/frames", None)
             return "quarantined"
+        received_ms = int(received * 1000)
         try:
-            f = verify_payload(payload, self.registry.registry, topic_gw, materialize=False)
+            f = verify_payload(payload, self.registry.registry, topic_gw, materialize=False,
+                               received_ms=received_ms)
         except Rejected as e:
-            self._quarantine(topic, payload, received, e.reason, e.detail, e.frame)
-            return "quarantined"
+            if not self._redelivered(e):
+                self._quarantine(topic, payload, received, e.reason, e.detail, e.frame,
+                                 header=e.header)
+                return "quarantined"
+            assert e.frame is not None
+            f = e.frame
 
         gw = f.gateway_id
         self.sites[gw] = f.site
@@ -205,6 +266,8 @@ class Pipeline:
         kinds = {i.kind for i in issues}
         for iss in issues:
             self._integrity(iss.kind, f.site, gw, iss.seq, received, iss.detail)
+        if is_new:
+            self._time_findings(f, received_ms, received)
         if "replay" in kinds:
             # The sequence was received long ago and its hash is no longer remembered:
             # the readings are not stored again, the frame is kept as evidence.
@@ -241,6 +304,35 @@ class Pipeline:
             return True
         return self.store.received_before(f.gateway_id, f.seq, h)
 
+    def _redelivered(self, e: Rejected) -> bool:
+        """A frame refused only because its key's validity ended before *this* delivery,
+        though the same frame (same hash) was accepted before: a broker redelivery, not a
+        new frame. Validity is judged on the first arrival."""
+        f = e.frame
+        if f is None or e.reason not in ("revoked_key", "key_expired"):
+            return False
+        known = self._tracker(f.gateway_id).recent.get(f.seq)
+        if (known is None or known[0] != f.frame_hash) and not self._receipted(f):
+            return False
+        try:
+            entry = self.registry.registry.key_for(f.gateway_id, f.key_id)
+            self.registry.registry.check_validity(entry, f.created_ms)
+        except Exception:
+            return False
+        return True
+
+    def _time_findings(self, f: Frame, received_ms: int, received: float) -> None:
+        """Clock plausibility against the arrival: a finding of the ingest itself, made
+        whether or not detection runs."""
+        entry = self.registry.registry.entries.get(f.key_id)
+        if entry is None:
+            return
+        for kind, detail in arrival_findings(f, received_ms, entry.backfill_s):
+            detail = {**detail, "clock_sync": f.clock_sync}
+            sev = "high" if f.clock_sync == "synced" else None
+            self._integrity(kind, f.site, f.gateway_id, f.seq, received, detail,
+                            severity=sev)
+
     def _tracker(self, gw: str) -> ChainTracker:
         t = self.trackers.get(gw)
         if t is None:
@@ -258,14 +350,19 @@ class Pipeline:
         detail: str,
         f: Frame | None,
         integrity: bool = True,
+        header: Any = None,
     ) -> None:
-        gw = f.gateway_id if f is not None else (gateway_of_topic(topic) if topic else None)
-        site = f.site if f is not None else None
-        seq = f.seq if f is not None else None
+        # Without a frame, the header the payload claims (unauthenticated when the
+        # signature failed) still says which gateway and site to look at.
+        src = f if f is not None else header
+        gw = src.gateway_id if src is not None else (
+            gateway_of_topic(topic) if topic else None)
+        site = src.site if src is not None else None
+        seq = src.seq if src is not None else None
         qid = self.store.quarantine(
             received=received, source=self.source, topic=topic, reason=reason,
             detail=detail, payload=payload, gateway_id=gw, site=site, seq=seq,
-            key_id=f.key_id if f is not None else None,
+            key_id=src.key_id if src is not None else None,
         )
         self.metrics.inc("verification_failures_total", reason=reason)
         self.metrics.inc("frames_total", result="quarantined")
@@ -284,8 +381,9 @@ class Pipeline:
         when: float,
         detail: dict[str, Any],
         quarantine_id: int | None = None,
+        severity: str | None = None,
     ) -> None:
-        sev = SEVERITY.get(kind, "medium")
+        sev = severity or SEVERITY.get(kind, "medium")
         self._ts_tiebreak = (self._ts_tiebreak + 1) % 1000
         ts = int(when * 1000) * 1_000_000 + self._ts_tiebreak * 1000
         self.batch.lines.append(integrity_line(

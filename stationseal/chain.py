@@ -19,20 +19,39 @@ Verdicts (``ChainIssue.kind``):
 * ``gap``: sequence numbers never received and not covered by a signed ``data_dropped``
   event. Reported when overdue (:meth:`ChainTracker.overdue_gaps`), because live frames
   overtake backfill.
+* ``bad_drop_event``: a ``data_dropped`` event of the gateway that does not carry what a
+  drop must (:func:`parse_drop`); it covers nothing.
+* ``clock_unsynced``: the gateway has sealed frames saying its clock is not synchronised
+  for longer than allowed (reported once per such stretch).
+
+Time checks that need the arrival time (``created_future``, ``created_too_old``) are
+:func:`arrival_findings`.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from stationseal.frame import ZERO_HASH, Frame
+from stationseal.records import Event
 
 #: How many recent frame hashes a tracker remembers per gateway. Older sequence numbers are
 #: still known to be received (interval set) but a re-sent one is then a ``replay``.
 HASH_WINDOW = 512
+#: Most sequence numbers one ``data_dropped`` event may excuse. The agent splits longer
+#: runs (agent/outbox.py); a bigger claim covers nothing and is a ``bad_drop_event``.
+MAX_DROP_SPAN = 100_000
+#: Most readings one frame may hold (the agent's batch_max_readings bound).
+MAX_FRAME_READINGS = 100_000
+#: A frame may say it was created at most this far after its arrival (clock skew).
+FUTURE_TOLERANCE_MS = 120_000
+#: Longest stretch of frames saying "clock not synchronised" before ``clock_unsynced``.
+MAX_UNSYNCED_MS = 3_600_000
+_HEX64 = frozenset("0123456789abcdef")
 
 
 @dataclass(slots=True)
@@ -98,6 +117,70 @@ class IntervalSet:
         return self.iv[-1][1] if self.iv else None
 
 
+@dataclass(slots=True, frozen=True)
+class Drop:
+    first_seq: int
+    last_seq: int
+    last_hash: bytes
+
+
+def parse_drop(e: Event, carrier_seq: int) -> Drop | str | None:
+    """A gateway's signed drop, an error text if the event cannot cover anything, or None
+    if the event is not a chain drop (instrument-level ``data_dropped``: readings never
+    sealed, e.g. a serial receive queue that overflowed).
+
+    A chain drop is an event of instrument ``gateway`` and kind ``data_dropped`` whose
+    detail has integers ``first_seq``, ``last_seq``, ``frames``, ``readings`` and
+    ``last_hash`` (64 lowercase hex, the frame hash of ``last_seq``), with
+    ``1 <= first_seq <= last_seq < carrier_seq``, ``frames = last_seq - first_seq + 1
+    <= MAX_DROP_SPAN`` and ``0 <= readings <= frames * MAX_FRAME_READINGS``.
+    """
+    if e.kind != "data_dropped" or e.instrument != "gateway":
+        return None
+    d = e.detail
+    vals: dict[str, int] = {}
+    for k in ("first_seq", "last_seq", "frames", "readings"):
+        v = d.get(k)
+        if type(v) is not int:
+            return f"{k} is {'missing' if v is None else 'not an integer'}"
+        vals[k] = v
+    lo, hi = vals["first_seq"], vals["last_seq"]
+    if not 1 <= lo <= hi < carrier_seq:
+        return (f"range {lo}..{hi} is not within 1..{carrier_seq - 1} (a drop precedes the "
+                "frame that reports it)")
+    span = hi - lo + 1
+    if span > MAX_DROP_SPAN:
+        return f"range {lo}..{hi} covers {span} frames, more than {MAX_DROP_SPAN}"
+    if vals["frames"] != span:
+        return f"frames {vals['frames']} != last_seq - first_seq + 1 = {span}"
+    if not 0 <= vals["readings"] <= span * MAX_FRAME_READINGS:
+        return f"readings {vals['readings']} outside 0..{span * MAX_FRAME_READINGS}"
+    lh = d.get("last_hash")
+    if type(lh) is not str or len(lh) != 64 or not set(lh) <= _HEX64:
+        return "last_hash is not the 64-hex frame hash of last_seq"
+    return Drop(lo, hi, bytes.fromhex(lh))
+
+
+def arrival_findings(f: Frame, received_ms: int, backfill_s: int,
+                     future_tolerance_ms: int = FUTURE_TOLERANCE_MS
+                     ) -> list[tuple[str, dict[str, Any]]]:
+    """Time checks of one frame against its first arrival at the centre:
+    ``created_future`` (created more than ``future_tolerance_ms`` after it arrived) and
+    ``created_too_old`` (arrived more than the gateway's backfill horizon after it was
+    created: no honest outbox keeps a frame that long)."""
+    cms = f.created_ms
+    out: list[tuple[str, dict[str, Any]]] = []
+    if cms - received_ms > future_tolerance_ms:
+        out.append(("created_future", {"created_ms": cms, "received_ms": received_ms,
+                                       "ahead_s": round((cms - received_ms) / 1000, 3),
+                                       "tolerance_s": future_tolerance_ms / 1000}))
+    elif received_ms - cms > backfill_s * 1000:
+        out.append(("created_too_old", {"created_ms": cms, "received_ms": received_ms,
+                                        "age_s": round((received_ms - cms) / 1000, 3),
+                                        "backfill_s": backfill_s}))
+    return out
+
+
 class ChainTracker:
     """Chain state of one gateway. Serialisable so the ingest survives restarts."""
 
@@ -113,6 +196,11 @@ class ChainTracker:
         #: gap start -> (gap end, time first seen); reported once when overdue.
         self.pending: dict[int, tuple[int, float]] = {}
         self.frames = 0
+        #: created_ms of the first frame of the current stretch of frames saying the clock
+        #: is not synchronised (None: the last frame said synchronised).
+        self.unsynced_since: int | None = None
+        self.unsynced_reported = False
+        self.max_unsynced_ms = MAX_UNSYNCED_MS
 
     # -- observing -----------------------------------------------------------------
     def observe(self, f: Frame, now: float | None = None) -> tuple[bool, list[ChainIssue]]:
@@ -154,19 +242,16 @@ class ChainTracker:
 
         # Signed drop events cover ranges and carry the hash that links across them.
         for e in f.events:
-            if e.kind == "data_dropped":
-                try:
-                    lo, hi = int(e.detail["first_seq"]), int(e.detail["last_seq"])
-                except (KeyError, TypeError, ValueError):
-                    issues.append(self._issue("bad_drop_event", seq, detail=str(e.detail)))
-                    continue
-                if 1 <= lo <= hi:
-                    self.dropped.add(lo, hi)
-                    lh = e.detail.get("last_hash")
-                    if isinstance(lh, str) and len(lh) == 64:
-                        self.drop_hashes[hi] = bytes.fromhex(lh)
-                    self._settle_pending()
+            drop = parse_drop(e, seq)
+            if drop is None:
+                continue
+            if isinstance(drop, str):
+                issues.append(self._issue("bad_drop_event", seq, error=drop,
+                                          detail=_jsonable(e.detail)))
+                continue
+            issues += self._add_drop(drop, seq)
 
+        issues += self._check_clock(f)
         issues += self._check_links(f)
 
         # New gap(s) opened by this frame?
@@ -179,9 +264,49 @@ class ChainTracker:
         self._settle_pending()
         return True, issues
 
+    def _add_drop(self, d: Drop, carrier: int) -> list[ChainIssue]:
+        out: list[ChainIssue] = []
+        known = self.drop_hashes.get(d.last_seq)
+        if known is not None and known != d.last_hash:
+            out.append(self._issue("fork", d.last_seq, link="drop", drop_in_seq=carrier,
+                                   last_hash=d.last_hash.hex(), other_last_hash=known.hex()))
+        here = self.recent.get(d.last_seq)
+        if here is not None and here[0] != d.last_hash:
+            out.append(self._issue("fork", d.last_seq, link="drop", drop_in_seq=carrier,
+                                   last_hash=d.last_hash.hex(), hash=here[0].hex()))
+        nxt = self.recent.get(d.last_seq + 1)
+        if nxt is not None and nxt[1] != d.last_hash:
+            out.append(self._issue("fork", d.last_seq + 1, link="drop", drop_in_seq=carrier,
+                                   prev_hash=nxt[1].hex(), expected=d.last_hash.hex()))
+        self.dropped.add(d.first_seq, d.last_seq)
+        self.drop_hashes[d.last_seq] = d.last_hash
+        self._settle_pending()
+        return out
+
+    def _check_clock(self, f: Frame) -> list[ChainIssue]:
+        cms = f.created_ms
+        if f.clock_sync == "synced":
+            if self.unsynced_since is not None and cms >= self.unsynced_since:
+                self.unsynced_since = None
+                self.unsynced_reported = False
+            return []
+        if self.unsynced_since is None or cms < self.unsynced_since:
+            self.unsynced_since = cms
+        if not self.unsynced_reported and cms - self.unsynced_since > self.max_unsynced_ms:
+            self.unsynced_reported = True
+            return [self._issue("clock_unsynced", f.seq, clock_sync=f.clock_sync,
+                                since_ms=self.unsynced_since,
+                                for_s=round((cms - self.unsynced_since) / 1000, 3),
+                                limit_s=self.max_unsynced_ms / 1000)]
+        return []
+
     def _check_links(self, f: Frame) -> list[ChainIssue]:
         out: list[ChainIssue] = []
         seq = f.seq
+        dh = self.drop_hashes.get(seq)
+        if dh is not None and dh != f.frame_hash:
+            out.append(self._issue("fork", seq, link="drop", last_hash=dh.hex(),
+                                   hash=f.frame_hash.hex()))
         prev = self.recent.get(seq - 1)
         expected: bytes | None = None
         if prev is not None:
@@ -253,6 +378,8 @@ class ChainTracker:
             "drop_hashes": {str(k): v.hex() for k, v in self.drop_hashes.items()},
             "pending": {str(a): [b, t] for a, (b, t) in self.pending.items()},
             "frames": self.frames,
+            "unsynced_since": self.unsynced_since,
+            "unsynced_reported": self.unsynced_reported,
         }
 
     @classmethod
@@ -268,4 +395,20 @@ class ChainTracker:
         t.drop_hashes = {int(k): bytes.fromhex(v) for k, v in d["drop_hashes"].items()}
         t.pending = {int(a): (int(v[0]), float(v[1])) for a, v in d["pending"].items()}
         t.frames = int(d.get("frames", 0))
+        us = d.get("unsynced_since")
+        t.unsynced_since = None if us is None else int(us)
+        t.unsynced_reported = bool(d.get("unsynced_reported", False))
         return t
+
+
+def _jsonable(v: Any) -> Any:
+    """Event detail as JSON can carry it (an issue's detail is stored and alerted)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v

@@ -33,10 +33,29 @@ CLOCK_STATES: dict[str, int] = {"unknown": 0, "synced": 1, "unsynced": 2}
 CLOCK_NAMES: dict[int, str] = {v: k for k, v in CLOCK_STATES.items()}
 ZERO_HASH = bytes(32)
 MAX_SEQ = 2**64 - 1
-#: Upper bound on a frame's payload: far above any sane batch, low enough that a hostile
-#: peer cannot make the ingest allocate without limit.
+#: Upper bound on a frame's payload (reason ``oversize``): far above any sane batch (500
+#: readings are about 10 kB), low enough that a hostile peer cannot make the ingest
+#: allocate without limit.
 MAX_PAYLOAD = 4 * 1024 * 1024
-_ID_MAX = 64
+#: Latest time a frame may name: 2262-04-11T23:47:16.854Z, the last millisecond whose
+#: nanosecond count fits a signed 64-bit integer (InfluxDB's timestamp range). Earliest:
+#: the Unix epoch (a gateway without a clock battery may boot there; the central side
+#: flags implausible times against the arrival, stationseal/chain.py).
+MAX_TIME_MS = (2**63 - 1) // 1_000_000
+#: gateway_id, site, instrument: an MQTT topic level, an InfluxDB tag and a file name.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+SIGNAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+KEY_ID_RE = re.compile(r"[0-9a-f]{16}\Z")
+#: Units are written by people ("mg/m³", "µg/m³", "%vol", "1/min"): any character but
+#: controls, white space, invisible format characters and # + " \ , =.
+UNIT_RE = re.compile(
+    "[^\x00-\x20\x7f-\xa0#+\"\\\\,=\u1680\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000"
+    "\ufeff]{0,32}\\Z")
+#: The HJ 212 data flags (HJ 212-2017 table 7), the only quality letters a frame carries.
+QUALITY_FLAGS = frozenset("NMDCFSTB")
+MAX_TEXT_VALUE = 1024
+MAX_RAW = 4096
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 
@@ -44,14 +63,37 @@ _I64_MAX = 2**63 - 1
 class FrameError(Exception):
     """A payload that is not a well-formed frame.
 
-    ``reason`` is ``malformed`` (not decodable / not canonical CBOR) or ``schema`` (decodes
-    but a field has the wrong type or value); ``detail`` names the field.
+    ``reason`` is ``oversize`` (larger than :data:`MAX_PAYLOAD`), ``malformed`` (not
+    the deterministic CBOR of the right shape) or ``schema`` (a field outside its
+    domain); ``detail`` names the field.
     """
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def check_name(what: str, v: object, pattern: re.Pattern[str] = NAME_RE) -> str:
+    """``v`` if it is a text matching ``pattern``, else FrameError(schema) naming it."""
+    if type(v) is not str or pattern.match(v) is None:
+        raise FrameError("schema", f"{what} {_short(v)} is not a valid name "
+                         f"({_NAME_RULES.get(pattern, pattern.pattern)})")
+    return v
+
+
+def _short(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+_NAME_RULES = {
+    NAME_RE: "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+    SIGNAL_RE: "1-64 of A-Z a-z 0-9 . _ : -, starting with a letter or digit",
+    EVENT_KIND_RE: "1-64 of a-z 0-9 _, starting with a letter",
+    KEY_ID_RE: "16 lowercase hex digits",
+    UNIT_RE: "0-32 characters, no controls, spaces, invisible characters or # + \" \\ , =",
+}
 
 
 @dataclass(slots=True)
@@ -101,7 +143,7 @@ class Frame:
 
 _READING_HEAD = b"\x85"
 _SMALL = [bytes((i,)) for i in range(24)]
-_QUALITY = {q: b"\x61" + q.encode() for q in "NMDCFSTB"}
+_QUALITY = {q: b"\x61" + q.encode() for q in sorted(QUALITY_FLAGS)}
 
 
 def encode_body(
@@ -125,18 +167,25 @@ def encode_body(
     # (tens of readings per frame, hundreds of frames a minute on a Pi). The bytes are
     # exactly what cbor.encode would produce for [ci, dt, value, quality, raw].
     rb = bytearray()
+    lo, hi = 0, 0
     head = cbor.head
     enc_float = cbor.encode_float
     for r in readings:
         ck = (r.instrument, r.signal, r.unit)
         ci = index.get(ck)
         if ci is None:
+            _check_channel(len(channels), r.instrument, r.signal, r.unit)
             ci = index[ck] = len(channels)
             channels.append([r.instrument, r.signal, r.unit])
         q = r.quality
-        if len(q) != 1 or not q.isascii():
-            raise FrameError("schema", f"reading {r.instrument}/{r.signal}: quality {q!r}")
+        if q not in QUALITY_FLAGS:
+            raise FrameError("schema", f"reading {r.instrument}/{r.signal}: quality {q!r} is "
+                             f"not an HJ 212 flag ({''.join(sorted(QUALITY_FLAGS))})")
         dt = round(r.time * 1000) - created_ms
+        if dt < lo:
+            lo = dt
+        if dt > hi:
+            hi = dt
         rb += _READING_HEAD
         rb += head(0, ci) if ci >= 24 else _SMALL[ci]
         rb += head(0, dt) if dt >= 0 else head(1, -1 - dt)
@@ -145,23 +194,38 @@ def encode_body(
             rb += enc_float(v)
         elif isinstance(v, int):  # bool included: a coil travels as 0/1, not true/false
             iv = int(v)
+            if not -(2**64) <= iv < 2**64:
+                raise FrameError("schema", f"reading {r.instrument}/{r.signal}: value "
+                                 "exceeds 64 bits")
             rb += head(0, iv) if iv >= 0 else head(1, -1 - iv)
         elif isinstance(v, str):
+            if len(v) > MAX_TEXT_VALUE:
+                raise FrameError("schema", f"reading {r.instrument}/{r.signal}: text value "
+                                 f"longer than {MAX_TEXT_VALUE} characters")
             vb = v.encode()
             rb += head(3, len(vb))
             rb += vb
         else:
             raise FrameError("schema", f"reading {r.instrument}/{r.signal}: value {v!r}")
-        rb += _QUALITY.get(q) or (b"\x61" + q.encode())
+        rb += _QUALITY[q]
         raw = r.raw
         if raw is None:
             rb += b"\xf6"
         else:
+            if len(raw) > MAX_RAW:
+                raise FrameError("schema", f"reading {r.instrument}/{r.signal}: raw bytes "
+                                 f"longer than {MAX_RAW}")
             rb += head(2, len(raw))
             rb += raw
+    if readings:
+        # The decoder's range checks, on what was encoded: a gateway must not seal a frame
+        # every receiver would reject.
+        _check_times("readings", created_ms, lo, hi)
     evs = [
         [e.instrument, round(e.time * 1000) - created_ms, e.kind, e.detail] for e in events
     ]
+    for i, ev in enumerate(evs):
+        _check_event(i, ev, created_ms)
     try:
         hdr = cbor.encode(
             [
@@ -196,21 +260,51 @@ def _check_header(
     created_ms: int,
     clock_sync: str,
 ) -> None:
-    for name, v in (("gateway_id", gateway_id), ("site", site), ("key_id", key_id)):
-        if type(v) is not str or not 0 < len(v) <= _ID_MAX:
-            raise FrameError("schema", f"{name} must be a text of 1..{_ID_MAX} characters")
+    check_name("gateway_id", gateway_id)
+    check_name("site", site)
+    check_name("key_id", key_id, KEY_ID_RE)
     if alg not in ALG_IDS:
         raise FrameError("schema", f"alg {alg!r} unknown")
     if type(boot_id) is not bytes or len(boot_id) != 16:
         raise FrameError("schema", "boot_id must be 16 bytes")
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
-        raise FrameError("schema", f"seq {seq!r} outside 1..2^64-1")
+        raise FrameError("schema", f"seq {_short(seq)} outside 1..2^64-1")
     if type(prev_hash) is not bytes or len(prev_hash) != 32:
         raise FrameError("schema", "prev_hash must be 32 bytes")
-    if type(created_ms) is not int or not 0 <= created_ms <= _I64_MAX:
-        raise FrameError("schema", f"created_ms {created_ms!r} must be a non-negative integer")
+    if (seq == 1) != (prev_hash == ZERO_HASH):
+        raise FrameError("schema", "prev_hash must be 32 zero bytes for seq 1 and only then"
+                         f" (seq {seq})")
+    if type(created_ms) is not int or not 0 <= created_ms <= MAX_TIME_MS:
+        raise FrameError("schema", f"created_ms {_short(created_ms)} outside 0..{MAX_TIME_MS}")
     if clock_sync not in CLOCK_STATES:
         raise FrameError("schema", f"clock_sync {clock_sync!r} unknown")
+
+
+def _check_channel(i: int, inst: object, sig: object, unit: object) -> None:
+    check_name(f"channels[{i}].instrument", inst)
+    check_name(f"channels[{i}].signal", sig, SIGNAL_RE)
+    check_name(f"channels[{i}].unit", unit, UNIT_RE)
+
+
+def _check_times(what: str, created_ms: int, lo: int, hi: int) -> None:
+    if created_ms + lo < 0 or created_ms + hi > MAX_TIME_MS:
+        raise FrameError("schema", f"{what}: a time offset puts the time outside "
+                         f"0..{MAX_TIME_MS} ms")
+
+
+def _check_event(i: int, ev: Any, created_ms: int) -> None:
+    if (
+        type(ev) is not list
+        or len(ev) != 4
+        or type(ev[1]) is not int
+        or type(ev[3]) is not dict
+    ):
+        raise FrameError("schema", f"events[{i}] is not [instrument, offset, kind, detail]")
+    check_name(f"events[{i}].instrument", ev[0])
+    check_name(f"events[{i}].kind", ev[2], EVENT_KIND_RE)
+    if not _I64_MIN <= ev[1] <= _I64_MAX:
+        raise FrameError("schema", f"events[{i}].time_offset is not a 64-bit integer")
+    _check_times(f"events[{i}]", created_ms, ev[1], ev[1])
 
 
 def seal(
@@ -269,73 +363,160 @@ _VALUE_TYPES = frozenset((int, float, str))
 _RAW_TYPES = frozenset((bytes, type(None)))
 
 
-def _rows_ok(recs: list[Any], nch: int) -> bool:
+def _rows_ok(recs: list[Any], nch: int, created_ms: int) -> bool:
     """All readings well-typed and in range (column-wise); False -> check item by item."""
     if set(map(type, recs)) != _ROW_TYPES or set(map(len, recs)) != {5}:
         return False
     cis, dts, vals, qs, raws = zip(*recs, strict=True)
     if set(map(type, cis)) != {int} or min(cis) < 0 or max(cis) >= nch:
         return False
-    if set(map(type, dts)) != {int} or min(dts) < _I64_MIN or max(dts) > _I64_MAX:
+    if set(map(type, dts)) != {int} or created_ms + min(dts) < 0 or \
+            created_ms + max(dts) > MAX_TIME_MS:
         return False
     vtypes = set(map(type, vals))
     if not vtypes <= _VALUE_TYPES:
         return False
-    if int in vtypes:
-        ints = [v for v in vals if type(v) is int]
-        if min(ints) < -(2**64) or max(ints) >= 2**64:
-            return False
-    if set(map(type, qs)) != {str} or set(map(len, qs)) != {1}:
+    if str in vtypes and max(len(v) for v in vals if type(v) is str) > MAX_TEXT_VALUE:
         return False
-    return set(map(type, raws)) <= _RAW_TYPES
+    if not set(qs) <= QUALITY_FLAGS:
+        return False
+    rtypes = set(map(type, raws))
+    if not rtypes <= _RAW_TYPES:
+        return False
+    return bytes not in rtypes or max(len(r) for r in raws if r is not None) <= MAX_RAW
 
 
-def _raise_first_bad_row(recs: list[Any], nch: int) -> None:
+def _raise_first_bad_row(recs: list[Any], nch: int, created_ms: int) -> None:
     """Raise FrameError naming the first bad reading (the column checks found one)."""
     for i, r in enumerate(recs):
         if type(r) is not list or len(r) != 5:
             raise FrameError("schema", f"readings[{i}] is not an array of 5 items")
         ci, dt, value, q, raw = r
         if type(ci) is not int or not 0 <= ci < nch:
-            raise FrameError("schema", f"readings[{i}].channel {ci!r} out of range 0..{nch - 1}")
-        if type(dt) is not int or not _I64_MIN <= dt <= _I64_MAX:
-            raise FrameError("schema", f"readings[{i}].time_offset is not a 64-bit integer")
+            raise FrameError("schema", f"readings[{i}].channel {_short(ci)} out of range "
+                             f"0..{nch - 1}")
+        if type(dt) is not int or not 0 <= created_ms + dt <= MAX_TIME_MS:
+            raise FrameError("schema", f"readings[{i}].time_offset {_short(dt)} puts the time "
+                             f"outside 0..{MAX_TIME_MS} ms")
         tv = type(value)
-        if tv is int:
-            if not -(2**64) <= value < 2**64:
-                raise FrameError("schema", f"readings[{i}].value exceeds 64 bits")
-        elif tv is not float and tv is not str:
+        if tv is str:
+            if len(value) > MAX_TEXT_VALUE:
+                raise FrameError("schema", f"readings[{i}].value is a text longer than "
+                                 f"{MAX_TEXT_VALUE} characters")
+        elif tv is not float and tv is not int:
             raise FrameError("schema", f"readings[{i}].value has type {tv.__name__}")
-        if type(q) is not str or len(q) != 1:
-            raise FrameError("schema", f"readings[{i}].quality {q!r} is not one character")
-        if raw is not None and type(raw) is not bytes:
-            raise FrameError("schema", f"readings[{i}].raw is neither bytes nor null")
+        if type(q) is not str or q not in QUALITY_FLAGS:
+            raise FrameError("schema", f"readings[{i}].quality {_short(q)} is not an HJ 212 "
+                             f"flag ({''.join(sorted(QUALITY_FLAGS))})")
+        if raw is not None and (type(raw) is not bytes or len(raw) > MAX_RAW):
+            raise FrameError("schema", f"readings[{i}].raw is neither null nor at most "
+                             f"{MAX_RAW} bytes")
+    raise AssertionError("column check failed but no reading is at fault")
+
+
+def _head(data: bytes, i: int, what: str) -> tuple[int, int, int]:
+    """(major type, argument, next index) of the item head at ``i``, shortest form only."""
+    if i >= len(data):
+        raise FrameError("malformed", f"{what}: truncated")
+    b = data[i]
+    mt, ai = b >> 5, b & 31
+    if ai < 24:
+        return mt, ai, i + 1
+    if ai > 27:
+        raise FrameError("malformed", f"{what}: indefinite length or reserved value")
+    w = 1 << (ai - 24)
+    if i + 1 + w > len(data):
+        raise FrameError("malformed", f"{what}: truncated")
+    v = int.from_bytes(data[i + 1 : i + 1 + w], "big")
+    if v < (24 if w == 1 else 1 << (4 * w)):
+        raise FrameError("malformed", f"{what}: not in canonical CBOR encoding")
+    return mt, v, i + 1 + w
 
 
 def split_payload(payload: bytes) -> tuple[bytes, bytes]:
-    """Envelope only: (body, signature). Nothing inside the body is trusted yet."""
+    """Envelope only: (body, signature). Nothing inside the body is trusted yet.
+
+    Parsed by hand (it is 5 bytes of structure): no general decoder sees a byte before
+    the signature has been checked.
+    """
     if not isinstance(payload, bytes | bytearray):
         raise FrameError("malformed", "payload is not bytes")
     payload = bytes(payload)
-    if len(payload) > MAX_PAYLOAD:
-        raise FrameError("malformed", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    try:
-        env = cbor.decode(payload)
-    except cbor.CBORError as e:
-        raise FrameError("malformed", f"envelope: {e}") from None
-    if not (
-        type(env) is list
-        and len(env) == 2
-        and type(env[0]) is bytes
-        and type(env[1]) is bytes
-    ):
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise FrameError("oversize", f"payload of {n} bytes exceeds {MAX_PAYLOAD}")
+    if n == 0 or payload[0] != 0x82:
+        raise FrameError("malformed", "envelope is not an array of 2 items")
+    mt, blen, i = _head(payload, 1, "envelope body")
+    if mt != 2:
         raise FrameError("malformed", "envelope is not [body: bstr, signature: bstr]")
-    body, sig = env
-    if len(sig) != SIGNATURE_LEN:
-        raise FrameError("malformed", f"signature is {len(sig)} bytes, expected {SIGNATURE_LEN}")
-    if not cbor.is_canonical(payload, env):
-        raise FrameError("malformed", "envelope is not in canonical CBOR encoding")
-    return body, sig
+    if i + blen > n:
+        raise FrameError("malformed", "envelope body: truncated")
+    body = payload[i : i + blen]
+    mt, slen, j = _head(payload, i + blen, "envelope signature")
+    if mt != 2:
+        raise FrameError("malformed", "envelope is not [body: bstr, signature: bstr]")
+    if slen != SIGNATURE_LEN:
+        raise FrameError("malformed", f"signature is {slen} bytes, expected {SIGNATURE_LEN}")
+    if j + slen != n:
+        raise FrameError("malformed", "envelope: truncated or trailing bytes after the "
+                         "signature")
+    return body, payload[j:]
+
+
+@dataclass(slots=True, frozen=True)
+class Header:
+    """Body items 0-4, read before the signature is checked (to find the key)."""
+
+    gateway_id: str
+    site: str
+    key_id: str
+    alg: str
+    #: Item 6 when it reads as an unsigned integer, else None: only to label a rejected
+    #: payload (quarantine), never checked here.
+    seq: int | None = None
+
+
+def _peek_seq(body: bytes, i: int) -> int | None:
+    try:
+        mt, n, i = _head(body, i, "boot_id")
+        if mt != 2:
+            return None
+        mt, seq, _ = _head(body, i + n, "seq")
+    except FrameError:
+        return None
+    return seq if mt == 0 else None
+
+
+def _text(body: bytes, i: int, what: str) -> tuple[str, int]:
+    mt, n, j = _head(body, i, what)
+    if mt != 3:
+        raise FrameError("schema", f"{what} is not a text string")
+    if n > 256 or j + n > len(body):
+        raise FrameError("schema" if n > 256 else "malformed", f"{what}: length {n}")
+    try:
+        return body[j : j + n].decode("utf-8"), j + n
+    except UnicodeDecodeError:
+        raise FrameError("malformed", f"{what} is not valid UTF-8") from None
+
+
+def peek_header(body: bytes) -> Header:
+    """Items 0-4 of the body (version, gateway_id, site, key_id, alg), checked."""
+    if not body or body[0] != 0x8D:
+        raise FrameError("malformed", "body is not an array of 13 items")
+    mt, ver, i = _head(body, 1, "version")
+    if mt != 0 or ver != FORMAT_VERSION:
+        raise FrameError("schema", f"format version is not {FORMAT_VERSION}")
+    gw, i = _text(body, i, "gateway_id")
+    check_name("gateway_id", gw)
+    site, i = _text(body, i, "site")
+    check_name("site", site)
+    key_id, i = _text(body, i, "key_id")
+    check_name("key_id", key_id, KEY_ID_RE)
+    mt, alg_id, i = _head(body, i, "alg")
+    if mt != 0 or alg_id not in ALG_NAMES:
+        raise FrameError("schema", f"alg {alg_id} unknown" if mt == 0 else "alg is not a uint")
+    return Header(gw, site, key_id, ALG_NAMES[alg_id], _peek_seq(body, i))
 
 
 def decode(payload: bytes, materialize: bool = True) -> Frame:
@@ -344,35 +525,70 @@ def decode(payload: bytes, materialize: bool = True) -> Frame:
     With ``materialize=False`` the readings are validated but left as ``Frame.rows``.
     """
     body, sig = split_payload(payload)
+    peek_header(body)
+    return decode_body(body, sig, payload, materialize)
+
+
+def decode_body(body: bytes, sig: bytes, payload: bytes, materialize: bool = True) -> Frame:
+    """The body, after its header was peeked (and, in verification, its signature
+    checked). Order of checks (docs/wire-format.md §5): well-formed CBOR of the frame
+    subset, an array of 13, deterministic encoding (all ``malformed``), then each field's
+    domain in body order (``schema``)."""
     try:
         b = cbor.decode(body)
     except cbor.CBORError as e:
         raise FrameError("malformed", f"body: {e}") from None
     if type(b) is not list or len(b) != 13:
-        raise FrameError("schema", "body is not an array of 13 items")
+        raise FrameError("malformed", "body is not an array of 13 items")
+    evs = b[12]
+    # Canonical check. Events may hold maps: they go through the reference encoder; the
+    # rest through cbor2's C encoder, which differs from RFC 8949 only for half-exact
+    # floats with 32768 <= |v| <= 65504 (it writes them as single precision): a match is
+    # trusted unless such a single-precision float occurs; any doubt goes to the reference
+    # encoder. Invalid UTF-8 (decoded with replacement characters) never re-encodes to
+    # the input.
+    try:
+        evs_bytes = cbor.encode(evs)
+    except cbor.CBORError as e:
+        raise FrameError("malformed", f"events: {e}") from None
+    if not body.endswith(evs_bytes):
+        raise FrameError("malformed", "body is not in canonical CBOR encoding")
+    prefix = b"\x8c" + body[1 : len(body) - len(evs_bytes)]  # items 0..11 as a 12-array
+    try:
+        canonical = cbor2.dumps(b[:12], canonical=True) == prefix
+    except Exception:
+        canonical = False
+    if not canonical or _CBOR2_DIVERGES.search(prefix):
+        canonical = cbor.is_canonical(prefix, b[:12])
+    if not canonical:
+        raise FrameError("malformed", "body is not in canonical CBOR encoding")
+
     (ver, gw, site, key_id, alg_id, boot_id, seq, prev_hash, created_ms, clk, chans, recs,
-     evs) = b
+     _) = b
     if ver != FORMAT_VERSION or type(ver) is not int:
-        raise FrameError("schema", f"format version {ver!r} is not {FORMAT_VERSION}")
+        raise FrameError("schema", f"format version {_short(ver)} is not {FORMAT_VERSION}")
     if type(alg_id) is not int or alg_id not in ALG_NAMES:
-        raise FrameError("schema", f"alg {alg_id!r} unknown")
-    if type(clk) is not int or clk not in CLOCK_NAMES:
-        raise FrameError("schema", f"clock_sync {clk!r} unknown")
+        raise FrameError("schema", f"alg {_short(alg_id)} unknown")
     alg = ALG_NAMES[alg_id]
-    clock = CLOCK_NAMES[clk]
-    _check_header(gw, site, key_id, alg, boot_id, seq, prev_hash, created_ms, clock)
+    clock = CLOCK_NAMES.get(clk) if type(clk) is int else None
+    _check_header(gw, site, key_id, alg, boot_id, seq, prev_hash, created_ms,
+                  clock if clock is not None else f"<{_short(clk)}>")
+    assert clock is not None
     if type(chans) is not list or type(recs) is not list or type(evs) is not list:
         raise FrameError("schema", "channels, readings and events must be arrays")
     channels: list[tuple[str, str, str]] = []
     for i, c in enumerate(chans):
-        if type(c) is not list or len(c) != 3 or not all(type(x) is str for x in c):
+        if type(c) is not list or len(c) != 3:
             raise FrameError("schema", f"channels[{i}] is not [instrument, signal, unit]")
+        _check_channel(i, c[0], c[1], c[2])
         channels.append((c[0], c[1], c[2]))
+    if len(set(channels)) != len(channels):
+        raise FrameError("schema", "channels: the same (instrument, signal, unit) twice")
     nch = len(channels)
     # Column-wise checks at C speed (a frame holds hundreds of readings); the per-item
     # loop runs only to name the first offending item when a column check fails.
-    if recs and not _rows_ok(recs, nch):
-        _raise_first_bad_row(recs, nch)
+    if recs and not _rows_ok(recs, nch, created_ms):
+        _raise_first_bad_row(recs, nch, created_ms)
     readings: list[Reading] = []
     if materialize:
         readings = [
@@ -383,34 +599,8 @@ def decode(payload: bytes, materialize: bool = True) -> Frame:
         ]
     events: list[Event] = []
     for i, ev in enumerate(evs):
-        if (
-            type(ev) is not list
-            or len(ev) != 4
-            or type(ev[0]) is not str
-            or type(ev[1]) is not int
-            or type(ev[2]) is not str
-            or type(ev[3]) is not dict
-        ):
-            raise FrameError("schema", f"events[{i}] is not [instrument, offset, kind, detail]")
+        _check_event(i, ev, created_ms)
         events.append(Event(ev[0], ev[2], (created_ms + ev[1]) / 1000, ev[3]))
-    # Canonical check. Events may hold maps: they go through the reference encoder; the
-    # rest (arrays of scalars, now type-checked) through cbor2's C encoder.
-    try:
-        evs_bytes = cbor.encode(evs)
-    except cbor.CBORError as e:
-        raise FrameError("malformed", f"events: {e}") from None
-    prefix = b"\x8c" + body[1 : len(body) - len(evs_bytes)]  # items 0..11 as a 12-array
-    # Fast path: cbor2's C encoder. It differs from RFC 8949 only for half-exact floats
-    # with 32768 <= |v| <= 65504, which it writes as single precision: a match is trusted
-    # unless such a single-precision float occurs; any doubt goes to the reference encoder.
-    try:
-        canonical = cbor2.dumps(b[:12], canonical=True) == prefix
-    except Exception:
-        canonical = False
-    if not canonical or _CBOR2_DIVERGES.search(prefix):
-        canonical = cbor.is_canonical(prefix, b[:12])
-    if body[0] != 0x8D or not body.endswith(evs_bytes) or not canonical:
-        raise FrameError("malformed", "body is not in canonical CBOR encoding")
     return Frame(
         gateway_id=gw,
         site=site,

@@ -13,7 +13,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from stationseal.signing import SigningError, key_id_for, load_public_key
+from stationseal.signing import (
+    SigningError,
+    key_id_for,
+    load_public_key,
+    raw_p256_signature,
+)
 
 
 class Pkcs11Signer:
@@ -66,12 +71,13 @@ class Pkcs11Signer:
 
     def sign(self, data: bytes) -> bytes:
         # Hash here and use plain CKM_ECDSA: every token has it (SoftHSM and the ATECC608A
-        # lack CKM_ECDSA_SHA256). The result is r || s, already our wire form.
+        # lack CKM_ECDSA_SHA256). The result is r || s, our wire form once s is low.
         digest = hashlib.sha256(data).digest()
         sig: bytes = self._priv.sign(digest, mechanism=self._pkcs11.Mechanism.ECDSA)
         if len(sig) != 64:
             raise SigningError(f"token returned a {len(sig)}-byte signature, expected 64")
-        return sig
+        return raw_p256_signature(int.from_bytes(sig[:32], "big"),
+                                  int.from_bytes(sig[32:], "big"))
 
     def close(self) -> None:
         self._session.close()

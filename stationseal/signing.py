@@ -5,6 +5,13 @@ key stores on Pi-class boards (TPM 2.0, ATECC608A) sign only P-256; with those t
 key never leaves the chip and is used through PKCS#11 (:mod:`stationseal.pkcs11`).
 P-256 signatures travel as raw ``r || s`` (32 + 32 bytes, big-endian), the COSE form, so
 that every signature in a frame is 64 bytes whatever the algorithm.
+
+Signatures are unique per (key, body): ECDSA accepts both ``s`` and ``n - s``, so
+verification requires the low one (``s <= n/2``) and signers normalise to it; Ed25519
+requires ``S < L`` (RFC 8032 §5.1.7). Without that, one frame would exist as two payloads
+with the same body, and anything keyed on the payload bytes would see two frames.
+P-256 signing is deterministic (RFC 6979) where the installed ``cryptography`` offers it,
+so test vectors regenerate byte for byte and no signature depends on the gateway's RNG.
 """
 
 from __future__ import annotations
@@ -26,6 +33,28 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 ALG_IDS: dict[str, int] = {"ed25519": 1, "p256": 2}
 ALG_NAMES: dict[int, str] = {v: k for k, v in ALG_IDS.items()}
 SIGNATURE_LEN = 64
+#: Order of the P-256 group and of the Ed25519 base point.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+
+
+def _ecdsa() -> ec.ECDSA:
+    try:
+        return ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+    except Exception:  # cryptography < 42, or an OpenSSL without RFC 6979
+        return ec.ECDSA(hashes.SHA256())
+
+
+_ECDSA_SIGN = _ecdsa()
+#: True when P-256 signatures are deterministic (RFC 6979) here.
+P256_DETERMINISTIC = getattr(_ECDSA_SIGN, "deterministic_signing", False)
+
+
+def raw_p256_signature(r: int, s: int) -> bytes:
+    """``r || s`` with ``s`` normalised to the low half of the group order."""
+    if s > P256_N // 2:
+        s = P256_N - s
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 class SigningError(Exception):
@@ -78,9 +107,9 @@ class P256Signer:
         self.key_id = key_id_for(key.public_key())
 
     def sign(self, data: bytes) -> bytes:
-        der = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+        der = self._key.sign(data, _ECDSA_SIGN)
         r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return raw_p256_signature(r, s)
 
 
 def signer_from_private_key(
@@ -135,17 +164,22 @@ def verify_with_key(
         return False
     try:
         if alg == "ed25519" and isinstance(pub, ed25519.Ed25519PublicKey):
+            if int.from_bytes(sig[32:], "little") >= ED25519_L:
+                return False
             pub.verify(sig, data)
             return True
         if alg == "p256" and isinstance(pub, ec.EllipticCurvePublicKey):
-            der = encode_dss_signature(
-                int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-            )
-            pub.verify(der, data, ec.ECDSA(hashes.SHA256()))
+            r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+            if not (0 < r < P256_N and 0 < s <= P256_N // 2):
+                return False
+            pub.verify(encode_dss_signature(r, s), data, _ECDSA_VERIFY)
             return True
     except InvalidSignature:
         return False
     return False
+
+
+_ECDSA_VERIFY = ec.ECDSA(hashes.SHA256())
 
 
 def verify_signature(alg: str, public_key_pem: bytes, data: bytes, sig: bytes) -> bool:

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from stationseal import cbor
 from stationseal.frame import ZERO_HASH, Frame, seal
-from stationseal.keys import KeyRegistry
 from stationseal.records import Event, Reading
+from stationseal.registry import Authority, KeyRegistry
 from stationseal.signing import Ed25519Signer, P256Signer
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "docs" / "test-vectors"
@@ -38,6 +38,21 @@ def _pub_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> str
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
+
+
+def raw_payload(sign: Any, items: list[Any], *, sig: bytes | None = None) -> bytes:
+    """A payload around the deterministic CBOR of ``items`` (the 13 body items, or any
+    other value), signed with ``sign(body)`` unless ``sig`` is given: how the vectors
+    build frames no honest encoder would write."""
+    body = cbor.encode(items)
+    s = sign(body) if sig is None else sig
+    return cbor.head(4, 2) + cbor.head(2, len(body)) + body + cbor.head(2, len(s)) + s
+
+
+def body_items(f: Frame) -> list[Any]:
+    """The 13 body items of a frame, decoded (a starting point for altered vectors)."""
+    items: list[Any] = cbor.decode(f.body)
+    return items
 
 
 def sample_frames() -> list[Frame]:
@@ -140,10 +155,18 @@ def build() -> dict[str, Any]:
     }
 
 
+def authority() -> Authority:
+    """The vectors' registry authority (a fixed seed, so the registry regenerates)."""
+    return Authority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes([0xA5]) * 32))
+
+
 def registry_for(doc: dict[str, Any]) -> KeyRegistry:
     reg = KeyRegistry()
-    reg.add("gw-demo-1", doc["keys"]["ed25519"]["public_key"].encode(), T0 - 86400)
-    reg.add("gw-demo-2", doc["keys"]["p256"]["public_key"].encode(), T0 - 86400)
+    reg.add("gw-demo-1", doc["keys"]["ed25519"]["public_key"].encode(), T0 - 86400,
+            sites=["V-3201-001", "S"], at=T0 - 86400)
+    reg.add("gw-demo-2", doc["keys"]["p256"]["public_key"].encode(), T0 - 86400,
+            sites=["E-1101-007", "S"], at=T0 - 86400)
+    reg.sign(authority(), issued=T0 - 86400)
     return reg
 
 
@@ -153,7 +176,11 @@ def write(dir_: Path = VECTOR_DIR) -> None:
     dir_.mkdir(parents=True, exist_ok=True)
     doc = build()
     (dir_ / "vectors.json").write_text(json.dumps(doc, indent=2) + "\n")
-    registry_for(doc).save(dir_ / "registry.json")
+    reg = KeyRegistry()
+    for c in registry_for(doc).changes:
+        reg._apply(c, "vector registry")
+    (dir_ / "registry.json").write_bytes(reg.sign(authority(), issued=T0 - 86400))
+    (dir_ / "registry-authority.pub.pem").write_bytes(authority().public_pem())
     f1, f2 = sample_frames()
     with open(dir_ / "frames.jsonl", "w") as fh:
         for f in (f1, f2):

@@ -36,7 +36,7 @@ class Gateway:
         kf = generate_keypair(gateway_id, key_dir, overwrite=True)
         self.signer: Signer = load_signer(kf.private_key)
         self.key_id = kf.key_id
-        registry.add(gateway_id, kf.public_key.read_bytes(), valid_from=0.0)
+        registry.add(gateway_id, kf.public_key.read_bytes(), valid_from=0.0, sites=[self.site])
         self.boot = os.urandom(16)
         self.seq = 0
         self.prev = ZERO_HASH

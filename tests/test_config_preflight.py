@@ -53,6 +53,7 @@ def _central(tmp: Path, **over: Any) -> Path:
                  "password_file": str(_secret(tmp / "mqtt-pw", "secret\n"))},
         "influx": {"url": "http://127.0.0.1:1", "database": "x"},
         "registry": "registry.json",
+        "registry_authority": "registry.json.authority.pub.pem",
         "state_dir": "state",
         "metrics": {"enabled": False},
     }

@@ -6,7 +6,7 @@ import re
 
 from ingest.convert import LineBuilder
 from stationseal import vectors
-from stationseal.frame import ZERO_HASH, decode, seal
+from stationseal.frame import decode, seal
 from stationseal.records import Reading
 from stationseal.signing import Ed25519Signer
 
@@ -19,7 +19,7 @@ def test_fast_and_general_paths_write_the_same_lines() -> None:
 
     def lines(readings: list[Reading]) -> list[str]:
         f = seal(signer, gateway_id="gw-demo-1", site="S", boot_id=vectors.BOOT, seq=7,
-                 prev_hash=ZERO_HASH, created=t0 + 5, clock_sync="synced",
+                 prev_hash=bytes([7]) * 32, created=t0 + 5, clock_sync="synced",
                  readings=readings, events=[])
         return LineBuilder().frame_lines(decode(f.payload, materialize=False))
 

@@ -27,7 +27,8 @@ def registry() -> KeyRegistry:
     return vectors.registry_for(vectors.build())
 
 
-names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=12)
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,11}", fullmatch=True)
+signals = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,11}", fullmatch=True)
 values = st.one_of(
     st.floats(allow_nan=False, width=64),
     st.floats(width=32, allow_nan=False),
@@ -37,9 +38,9 @@ values = st.one_of(
 readings = st.builds(
     Reading,
     instrument=names,
-    signal=names,
+    signal=signals,
     value=values,
-    unit=st.sampled_from(["ppm", "%vol", "mg/m³", ""]),
+    unit=st.sampled_from(["ppm", "%vol", "mg/m³", "µg/m³", "1/min", ""]),
     time=st.integers(min_value=0, max_value=10_000_000).map(lambda ms: T0 - 5000 + ms / 1000),
     quality=st.sampled_from(list("NMDCFSTB")),
     raw=st.one_of(st.none(), st.binary(max_size=8)),
@@ -53,7 +54,7 @@ detail = st.dictionaries(
 events = st.builds(
     Event,
     instrument=names,
-    kind=st.sampled_from(["test_start", "calibration_change", "data_dropped", "x"]),
+    kind=st.sampled_from(["test_start", "calibration_change", "data_dropped", "x1"]),
     time=st.just(T0),
     detail=detail,
 )
@@ -63,10 +64,10 @@ def make(readings_: list[Reading], events_: list[Event], seq: int = 1, signer=ED
     return seal(
         signer,
         gateway_id="gw-demo-1" if signer is ED else "gw-demo-2",
-        site="S-1",
+        site="S",
         boot_id=vectors.BOOT,
         seq=seq,
-        prev_hash=ZERO_HASH,
+        prev_hash=ZERO_HASH if seq == 1 else bytes([0x11]) * 32,
         created=T0,
         clock_sync="synced",
         readings=readings_,

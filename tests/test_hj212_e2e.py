@@ -88,7 +88,7 @@ def test_tampering_logger_alerts_live_and_offline(stack: StackInfo, new_gateway:
     gw = cred.username
     kf = generate_keypair(gw, tmp_path / "keys")
     reg = KeyRegistry()
-    reg.add(gw, kf.public_key.read_bytes(), valid_from=0.0)
+    reg.add(gw, kf.public_key.read_bytes(), valid_from=0.0, sites=[SITE])
     reg.save(tmp_path / "registry.json")
     sites = tmp_path / "SITES.yaml"
     sites.write_text(yaml.safe_dump({"sites": {SITE: {

@@ -120,7 +120,9 @@ def _free_port() -> int:
 def test_not_answered_while_influxdb_is_down(tmp_path: Path) -> None:
     dead = _free_port()
     cfg = parse_config({
-        "registry": str(_registry(tmp_path)), "state_dir": str(tmp_path / "state"),
+        "registry": str(_registry(tmp_path)),
+        "registry_authority": str(tmp_path / "registry.json.authority.pub.pem"),
+        "state_dir": str(tmp_path / "state"),
         "influx": {"url": f"http://127.0.0.1:{dead}", "timeout_s": 0.5},
         "hj212": {"host": "127.0.0.1", "port": 0, "loggers": [{"mn": MN, "site": SITE}]},
     })
@@ -140,7 +142,8 @@ def test_not_answered_while_influxdb_is_down(tmp_path: Path) -> None:
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    base: dict[str, Any] = {"registry": "r.json", "state_dir": "s"}
+    base: dict[str, Any] = {"registry": "r.json", "registry_authority_fingerprint": "0" * 64,
+                            "state_dir": "s"}
     with pytest.raises(ConfigError, match="MN X listed twice"):
         parse_config({**base, "hj212": {"loggers": [{"mn": "X", "site": "a"},
                                                     {"mn": "X", "site": "b"}]}})

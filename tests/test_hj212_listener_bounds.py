@@ -198,7 +198,7 @@ def test_connection_flood_leaves_healthz_and_real_loggers_working(make_stack: An
                  "password_file": str(info.ingest.password_file),
                  "client_id": "ingest-hjflood"},
         "influx": {"url": info.influx_url, "database": info.influx_database},
-        "registry": "registry.json", "state_dir": "state", "metrics": {"port": 0},
+        "registry": "registry.json", "registry_authority": "registry.json.authority.pub.pem", "state_dir": "state", "metrics": {"port": 0},
         "hj212": {"port": hj_port, "loggers": [{"mn": "MNTEST0001", "site": "legacy-1"}]},
     }))
     log = tmp_path / "ingest.log"

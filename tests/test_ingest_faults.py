@@ -60,6 +60,7 @@ def test_influx_outage_and_kill_9_lose_nothing(make_stack: Any, tmp_path: Path) 
         "influx": {"url": info.influx_url, "database": info.influx_database,
                    "flush_interval_ms": 100, "max_backoff_s": 1.0, "timeout_s": 2.0},
         "registry": "registry.json",
+        "registry_authority": "registry.json.authority.pub.pem",
         "state_dir": "state",
         "metrics": {"port": 0},
     }

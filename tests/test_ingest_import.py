@@ -41,6 +41,7 @@ def test_import_then_inspect_quarantine(stack: StackInfo, tmp_path: Path) -> Non
     cfg.write_text(yaml.safe_dump({
         "influx": {"url": stack.influx_url, "database": db},
         "registry": "registry.json",
+        "registry_authority": "registry.json.authority.pub.pem",
         "state_dir": "state",
         "alerts": {"jsonl": "alerts.jsonl"},
     }))
@@ -61,7 +62,7 @@ def test_import_then_inspect_quarantine(stack: StackInfo, tmp_path: Path) -> Non
     r = cli("ingest", "quarantine", "list", "--config", str(cfg), "--json")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert sorted(x["reason"] for x in rows) == ["malformed", "malformed", "unknown_key",
+    assert sorted(x["reason"] for x in rows) == ["bad_json", "bad_json", "unknown_key",
                                                  "unknown_key"]
     forged = next(x for x in rows if x["reason"] == "unknown_key")
     assert forged["gateway_id"] == "gw-airgap" and forged["seq"] == 1
@@ -76,11 +77,12 @@ def test_import_then_inspect_quarantine(stack: StackInfo, tmp_path: Path) -> Non
             "--reason", "unknown_key")
     assert r.returncode == 0, r.stderr
     assert len(out.read_text().splitlines()) == 2
-    r = cli("verify", str(out), "--registry", str(tmp_path / "registry.json"))
+    r = cli("verify", str(out), "--registry", str(tmp_path / "registry.json"),
+            "--authority", str(tmp_path / "registry.json.authority.pub.pem"))
     assert r.returncode == 1 and "unknown_key" in r.stdout
 
     alerts = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
-    assert {a["evidence"]["kind"] for a in alerts} >= {"unknown_key", "malformed"}
+    assert {a["evidence"]["kind"] for a in alerts} >= {"unknown_key", "bad_json"}
     unknown = [a for a in alerts if a["evidence"]["kind"] == "unknown_key"]
     assert [a["state"] for a in unknown] == ["new", "update"]  # merged: one alert id
     assert len({a["id"] for a in unknown}) == 1
@@ -88,12 +90,14 @@ def test_import_then_inspect_quarantine(stack: StackInfo, tmp_path: Path) -> Non
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "central.yaml"
-    cfg.write_text(yaml.safe_dump({"registry": "r.json", "state_dir": "s",
+    cfg.write_text(yaml.safe_dump({"registry": "r.json", "registry_authority_fingerprint": "0" * 64,
+                                   "state_dir": "s",
                                    "influx": {"url": "http://x", "batchlines": 5}}))
     r = cli("ingest", "check-config", "--config", str(cfg))
     assert r.returncode == 2
     assert "influx.batchlines" in r.stderr and str(cfg) in r.stderr
-    cfg.write_text(yaml.safe_dump({"registry": "r.json", "state_dir": "s",
+    cfg.write_text(yaml.safe_dump({"registry": "r.json", "registry_authority_fingerprint": "0" * 64,
+                                   "state_dir": "s",
                                    "influx": {"version": 2, "url": "http://x"}}))
     r = cli("ingest", "check-config", "--config", str(cfg))
     assert r.returncode == 2 and "org" in r.stderr and "token" in r.stderr

@@ -209,7 +209,9 @@ def test_merge_metrics_keeps_families_contiguous() -> None:
 def test_sequence_reset_is_stored_apart(tmp_path: Path) -> None:
     g, reg = _gw(tmp_path)
     reg.save(tmp_path / "r.json")
-    cfg = parse_config({"registry": str(tmp_path / "r.json"), "state_dir": str(tmp_path)})
+    cfg = parse_config({"registry": str(tmp_path / "r.json"),
+                        "registry_authority": str(tmp_path / "r.json.authority.pub.pem"),
+                        "state_dir": str(tmp_path)})
     p = Pipeline(cfg, Store(tmp_path / "s.db"), Metrics())
     for _ in range(3):
         f = g.next_frame(2)

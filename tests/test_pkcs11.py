@@ -48,7 +48,7 @@ def test_token_signed_frames_verify(token: str) -> None:
     pem = generate_token_key(MODULE, token, "1234", "frame-key")
     signer = Pkcs11Signer(MODULE, token, "1234", "frame-key")
     reg = KeyRegistry()
-    reg.add("gw-hsm", pem, 0.0)
+    reg.add("gw-hsm", pem, 0.0, sites=["S"])
     f = seal(signer, gateway_id="gw-hsm", site="S", boot_id=bytes(16), seq=1,
              prev_hash=ZERO_HASH, created=1767225600.0, clock_sync="synced",
              readings=[Reading("a", "so2_mgm3", 12.5, "mg/m³", 1767225600.0, "N", None)],

@@ -51,8 +51,16 @@ def write(path: Path, frames: list[Frame]) -> Path:
 @pytest.fixture()
 def reg_path(tmp_path: Path) -> Path:
     p = tmp_path / "registry.json"
-    vectors.registry_for(vectors.build()).save(p)
+    reg = vectors.registry_for(vectors.build())
+    assert reg.document is not None
+    p.write_bytes(reg.document)
+    (tmp_path / "authority.pub.pem").write_bytes(vectors.authority().public_pem())
     return p
+
+
+def reg_args(reg_path: Path) -> list[str]:
+    return ["--registry", str(reg_path), "--authority",
+            str(reg_path.parent / "authority.pub.pem")]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +70,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_untouched_file_verifies(tmp_path: Path, reg_path: Path) -> None:
     p = write(tmp_path / "f.jsonl", chain(20))
-    r = cli("verify", str(p), "--registry", str(reg_path))
+    r = cli("verify", str(p), *reg_args(reg_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "VERIFIED" in r.stdout and "20 frames" in r.stdout
 
@@ -81,7 +89,7 @@ def test_single_changed_character_rejected(tmp_path: Path, reg_path: Path) -> No
         bad[i] = json.dumps({"topic": obj["topic"], "payload": s[:j] + alt + s[j + 1:]})
         q = tmp_path / "bad.jsonl"
         q.write_text("\n".join(bad) + "\n")
-        r = cli("verify", str(q), "--registry", str(reg_path))
+        r = cli("verify", str(q), *reg_args(reg_path))
         assert r.returncode == 1
         assert f"FAIL line {i + 1}" in r.stdout
 
@@ -90,10 +98,10 @@ def test_deleted_and_duplicated_lines_rejected(tmp_path: Path, reg_path: Path) -
     lines = write(tmp_path / "f.jsonl", chain(10)).read_text().splitlines(keepends=True)
     q = tmp_path / "del.jsonl"
     q.write_text("".join(lines[:4] + lines[5:]))
-    r = cli("verify", str(q), "--registry", str(reg_path))
+    r = cli("verify", str(q), *reg_args(reg_path))
     assert r.returncode == 1 and "gap" in r.stdout and "'first_seq': 5" in r.stdout
     q.write_text("".join(lines[:6] + [lines[3]] + lines[6:]))
-    r = cli("verify", str(q), "--registry", str(reg_path))
+    r = cli("verify", str(q), *reg_args(reg_path))
     assert r.returncode == 1 and "duplicate" in r.stdout and "line 7" in r.stdout
 
 
@@ -132,14 +140,15 @@ def test_malformed_lines_named(tmp_path: Path, reg_path: Path) -> None:
     p = tmp_path / "m.jsonl"
     good = write(tmp_path / "g.jsonl", chain(1)).read_text()
     p.write_text(good + "not json\n" + '{"payload": "!!!"}\n')
-    r = cli("verify", str(p), "--registry", str(reg_path))
+    r = cli("verify", str(p), *reg_args(reg_path))
     assert r.returncode == 1
-    assert "line 2: malformed: not JSON" in r.stdout
-    assert "line 3: malformed: payload is not valid base64" in r.stdout
+    assert "line 2: bad_json: not JSON" in r.stdout
+    assert "line 3: bad_base64: payload is not valid base64" in r.stdout
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    r = cli("verify", str(tmp_path / "nope.jsonl"), "--registry", str(tmp_path / "r.json"))
+    r = cli("verify", str(tmp_path / "nope.jsonl"), "--registry", str(tmp_path / "r.json"),
+            "--authority", "0" * 64)
     assert r.returncode == 2 and "registry file not found" in r.stderr
     assert cli("verify").returncode == 2
 

@@ -191,14 +191,16 @@ class SignatureRule(_IntegrityRule):
     """I-SIG — frames whose signature or key does not check out.
 
     Events ``bad_signature`` / ``chain_bad_signature``, ``unknown_key``, ``revoked_key``,
-    ``key_expired``, ``key_not_yet_valid`` (the quarantine reasons of
-    stationseal.verify). Altered frames or a forged or retired key. Severity `severity`
+    ``key_expired``, ``key_not_yet_valid``, ``site_mismatch``, ``instrument_mismatch``
+    (the quarantine reasons of stationseal.verify). Altered frames, a forged or retired
+    key, or a key used for a site or instrument it is not bound to. Severity `severity`
     (high by default); `during_severity` during a test or exceedance.
     """
 
     rule: ClassVar[str] = "I-SIG"
     EVENTS: ClassVar[tuple[str, ...]] = ("bad_signature", "chain_bad_signature", "unknown_key",
-                                         "revoked_key", "key_expired", "key_not_yet_valid")
+                                         "revoked_key", "key_expired", "key_not_yet_valid",
+                                         "site_mismatch", "instrument_mismatch")
     DEFAULTS: ClassVar[dict[str, Any]] = {"severity": "high", **_COMMON_DEFAULTS}
     TEXT_EN = ("Gateway {gateway}: frame rejected ({event}): data altered or signed with a "
                "key not valid for it.")

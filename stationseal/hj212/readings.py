@@ -31,6 +31,7 @@ frame (the gateway seals it in an ``hj212_frame`` event).
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,9 +168,28 @@ def convert(frame: Frame, *, instrument: str = "logger",
     return conv
 
 
+#: Credentials in an HJ 212 header: the access password ``PW=...`` (up to the next ``;``
+#: or ``&``). Replaced by ``PW=***`` wherever the raw frame text is kept.
+_CREDENTIALS = re.compile(r"(?<![A-Za-z])PW=[^;&\r\n]*")
+_CREDENTIALS_B = re.compile(rb"(?<![A-Za-z])PW=[^;&\r\n]*")
+REDACTED = "PW=***"
+
+
+def redact_credentials(text: str) -> str:
+    """The text with every ``PW=<password>`` replaced by ``PW=***``: the logger's password
+    must not travel into signed frames, the central database and every export (the
+    length is not kept either). The frame's CRC no longer matches the redacted text."""
+    return _CREDENTIALS.sub(REDACTED, text)
+
+
+def redact_credentials_bytes(data: bytes) -> bytes:
+    return _CREDENTIALS_B.sub(REDACTED.encode(), data)
+
+
 def raw_text(frame: Frame) -> str:
-    """The frame as received, as text (frames that parsed are UTF-8 or hex ciphertext)."""
-    return frame.raw[:MAX_RAW_TEXT].decode("utf-8", "backslashreplace")
+    """The frame as received, as text (frames that parsed are UTF-8 or hex ciphertext),
+    with credentials redacted (:func:`redact_credentials`)."""
+    return redact_credentials(frame.raw[:MAX_RAW_TEXT].decode("utf-8", "backslashreplace"))
 
 
 def frame_event(frame: Frame, conv: Conversion | None, received: float,
@@ -182,6 +202,8 @@ def frame_event(frame: Frame, conv: Conversion | None, received: float,
         "data_time": frame.cp.data_time or "",
         "raw": raw_text(frame),
     }
+    if _CREDENTIALS_B.search(frame.raw[:MAX_RAW_TEXT]):
+        detail["redacted"] = ["PW"]
     if frame.pnum is not None:
         detail["pnum"] = frame.pnum
         detail["pno"] = frame.pno if frame.pno is not None else 0

@@ -23,6 +23,7 @@ from stationseal.export import frames_topic, line_for
 from stationseal.frame import decode
 from stationseal.keys import KeyRegistry, generate_keypair
 from stationseal.records import Event, Reading
+from stationseal.registry import authority_pub_path
 from stationseal.signing import Signer, load_signer
 from stationseal.verify_cli import Report, verify_file
 
@@ -31,7 +32,9 @@ def make_keys(tmp: Path, gateway_id: str) -> tuple[Signer, Path]:
     """A gateway key and a registry (JSON file) holding its public key."""
     kf = generate_keypair(gateway_id, tmp / "keys")
     reg = KeyRegistry()
-    reg.add(gateway_id, kf.public_key.read_bytes(), valid_from=0.0)
+    # Bound to the sites the agent tests configure.
+    reg.add(gateway_id, kf.public_key.read_bytes(), valid_from=0.0,
+            sites=["s1", "site-sim", "site-t", "site-u", "x"])
     reg_path = tmp / "registry.json"
     reg.save(reg_path)
     return load_signer(kf.private_key), reg_path
@@ -175,7 +178,7 @@ def frames_of(path: Path) -> list[Any]:
 
 
 def verify(path: Path, registry: Path) -> Report:
-    return verify_file(path, KeyRegistry.load(registry))
+    return verify_file(path, KeyRegistry.load(registry, authority_pub_path(registry)))
 
 
 def report_text(rep: Report) -> str:

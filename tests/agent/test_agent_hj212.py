@@ -138,6 +138,9 @@ def test_logger_over_tcp_sealed_with_flags_answered_after_sealing(tmp_path: Path
     fe = _events(frames, "hj212_frame")
     assert sorted(e.detail["qn"] for e in fe) == sorted(r.qn for r in logger.history)
     assert all(e.detail["raw"].startswith("##") and e.detail["mn"] == MN for e in fe)
+    # The logger's password never reaches a sealed frame (or, through it, any export).
+    assert all("PW=***" in e.detail["raw"] and e.detail["redacted"] == ["PW"] for e in fe)
+    assert b"123456" not in b"".join(f.body for f in frames)
 
 
 def test_repeat_not_sealed_twice_and_unanswered_while_outbox_fails(tmp_path: Path) -> None:

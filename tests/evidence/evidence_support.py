@@ -59,7 +59,7 @@ def make_central(root: Path, seconds: int = 600, readings_per_s: int = 1,
     root.mkdir(parents=True, exist_ok=True)
     reg = KeyRegistry()
     kf = generate_keypair(GW, root / "keys")
-    reg.add(GW, kf.public_key.read_bytes(), valid_from=T0 - 86400)
+    reg.add(GW, kf.public_key.read_bytes(), valid_from=T0 - 86400, sites=[SITE])
     reg.save(root / "registry.json")
     signer = load_signer(kf.private_key)
     ck = generate_keypair("central", root / "keys")
@@ -67,7 +67,9 @@ def make_central(root: Path, seconds: int = 600, readings_per_s: int = 1,
         SITE: {"kind": "stack_cems", "location": {"lat": 31.2, "lon": 121.5},
                "limits": {"so2_mgm3": 35.0}}}}))
     (root / "PARAMS.yaml").write_text(yaml.safe_dump({"E4": {"window_h": 0.0125}}))
-    cfg_doc = {"registry": str(root / "registry.json"), "state_dir": str(root / "state"),
+    cfg_doc = {"registry": str(root / "registry.json"),
+               "registry_authority": str(root / "registry.json.authority.pub.pem"),
+               "state_dir": str(root / "state"),
                "archive_dir": str(root / "archive"),
                "detection": {"enabled": False, "sites": str(root / "SITES.yaml"),
                              "params": str(root / "PARAMS.yaml")},

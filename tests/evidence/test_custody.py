@@ -92,6 +92,7 @@ def _setup(tmp_path: Path, interval: float = 3600.0) -> tuple[Pipeline, Store, G
     reg.save(tmp_path / "registry.json")
     kf = generate_keypair("central", tmp_path / "central")
     cfg = parse_config({"registry": str(tmp_path / "registry.json"),
+                        "registry_authority": str(tmp_path / "registry.json.authority.pub.pem"),
                         "state_dir": str(tmp_path / "state"),
                         "custody": {"key_file": str(kf.private_key),
                                     "checkpoint_interval_s": interval}})
@@ -198,6 +199,8 @@ def test_key_generate_and_exports(tmp_path: Path, capsys: pytest.CaptureFixture[
     _commit(pipe, store)
     cfgp = tmp_path / "central.yaml"
     cfgp.write_text(json.dumps({"registry": str(tmp_path / "registry.json"),
+                                "registry_authority": str(tmp_path /
+                                                          "registry.json.authority.pub.pem"),
                                 "state_dir": str(tmp_path / "state"),
                                 "custody": {"key_file": str(tmp_path / "central" /
                                                             "central.key")}}))

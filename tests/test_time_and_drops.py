@@ -1,0 +1,285 @@
+"""Bounded time and self-declared loss: what the central side accepts from a gateway's
+clock and from its signed ``data_dropped`` events. Each test plays the site operator's
+move and shows the named finding (in the live ingest with detection off, and offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.config import parse_config
+from ingest.metrics import Metrics
+from ingest.pipeline import Pipeline
+from ingest.store import Store
+from stationseal import vectors
+from stationseal.chain import MAX_DROP_SPAN, MAX_UNSYNCED_MS, ChainTracker
+from stationseal.export import frames_topic, line_for
+from stationseal.frame import ZERO_HASH, Frame, seal
+from stationseal.records import Event, Reading
+from stationseal.registry import Authority, KeyRegistry
+from stationseal.signing import Ed25519Signer
+from stationseal.verify_cli import verify_file
+
+ED = Ed25519Signer(vectors.ed_key())
+T0 = vectors.T0
+DAY = 86400.0
+TOPIC = frames_topic("gw-demo-1")
+ED_PEM = vectors.build()["keys"]["ed25519"]["public_key"].encode()
+
+
+class Chain:
+    """gw-demo-1's frames, sealed in order."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.prev = ZERO_HASH
+        self.frames: list[Frame] = []
+
+    def next(self, created: float, clock: str = "synced", events: list[Event] | None = None,
+             skip: int = 0) -> Frame:
+        for _ in range(skip):  # sealed, never delivered
+            self.next(created)
+            self.frames.pop()
+        self.seq += 1
+        f = seal(ED, gateway_id="gw-demo-1", site="S", boot_id=vectors.BOOT, seq=self.seq,
+                 prev_hash=self.prev, created=created, clock_sync=clock,
+                 readings=[Reading("a1", "co_pct", 0.5, "%vol", created, "N", None)],
+                 events=events or [])
+        self.prev = f.frame_hash
+        self.frames.append(f)
+        return f
+
+
+def registry(backfill_s: int = 7 * 86400) -> KeyRegistry:
+    reg = KeyRegistry()
+    reg.add("gw-demo-1", ED_PEM, T0 - 100 * DAY, sites=["S"], backfill_s=backfill_s)
+    return reg
+
+
+def pipeline(tmp: Path, reg: KeyRegistry) -> Pipeline:
+    a = Authority.generate(tmp / "authority.key")
+    reg.save(tmp / "registry.json", a)
+    cfg = parse_config({"registry": str(tmp / "registry.json"),
+                        "registry_authority": str(tmp / "authority.pub.pem"),
+                        "state_dir": str(tmp / "state"),
+                        "detection": {"enabled": False}})
+    (tmp / "state").mkdir(exist_ok=True)
+    return Pipeline(cfg, Store(tmp / "state" / "s.db"), Metrics())
+
+
+def findings(p: Pipeline) -> list[tuple[str, str]]:
+    """(kind, severity) of every integrity alert the batch would deliver."""
+    return [(u.doc["evidence"]["kind"], u.doc["severity"]) for u in p.batch.alert_updates]
+
+
+# --------------------------------------------------------------------------- time
+
+
+def test_frames_far_in_the_future_alert_without_detection(tmp_path: Path) -> None:
+    """40 days ahead used to be accepted with no finding when detection was off."""
+    p = pipeline(tmp_path, registry())
+    c = Chain()
+    now = T0
+    assert p.handle(TOPIC, c.next(now + 40 * DAY).payload, now) == "accepted"
+    assert findings(p) == [("created_future", "high")]
+    # Just inside the tolerance: nothing; unsynced clock: medium (a fault, not a lie).
+    p2 = pipeline(tmp_path / "b", registry())
+    c2 = Chain()
+    p2.handle(TOPIC, c2.next(now + 119.9).payload, now)
+    assert findings(p2) == []
+    p2.handle(TOPIC, c2.next(now + 121, clock="unsynced").payload, now)
+    assert findings(p2) == [("created_future", "medium")]
+
+
+def test_frames_older_than_the_backfill_horizon_alert(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, registry(backfill_s=86400))
+    c = Chain()
+    p.handle(TOPIC, c.next(T0 - 86399).payload, T0)
+    assert findings(p) == []
+    p.handle(TOPIC, c.next(T0 - 86401).payload, T0)
+    assert findings(p) == [("created_too_old", "high")]
+    assert any("kind=created_too_old" in ln for ln in p.batch.lines)
+
+
+def test_a_long_unsynchronised_clock_alerts_once(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, registry())
+    c = Chain()
+    lim = MAX_UNSYNCED_MS / 1000
+    p.handle(TOPIC, c.next(T0, clock="unsynced").payload, T0)
+    p.handle(TOPIC, c.next(T0 + lim, clock="unknown").payload, T0 + lim)
+    assert findings(p) == []  # at the limit, not beyond
+    p.handle(TOPIC, c.next(T0 + lim + 1, clock="unsynced").payload, T0 + lim + 1)
+    p.handle(TOPIC, c.next(T0 + lim + 2, clock="unsynced").payload, T0 + lim + 2)
+    assert findings(p) == [("clock_unsynced", "medium")]
+    # Synchronised again, then a new stretch: a new finding.
+    p.handle(TOPIC, c.next(T0 + lim + 3).payload, T0 + lim + 3)
+    for k in (4, 5 + lim, 6 + lim):
+        p.handle(TOPIC, c.next(T0 + k + lim, clock="unsynced").payload, T0 + k + lim)
+    assert findings(p).count(("clock_unsynced", "medium")) == 2
+
+
+def test_offline_verification_judges_time_on_receipts(tmp_path: Path) -> None:
+    reg = registry(backfill_s=86400)
+    reg.revoke(ED.key_id, T0 + 10, "retired")
+    c = Chain()
+    f1 = c.next(T0)
+    f2 = c.next(T0 + 5)  # back-dated: first received after the retirement
+    f3 = c.next(T0 + 6)  # created a day and more before it arrived
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(line_for(TOPIC, f.payload) + "\n" for f in (f1, f2, f3)))
+    assert verify_file(path, reg).ok  # the gateway's own clock says all is well
+    receipts = {f1.frame_hash: int(T0 * 1000) + 50, f2.frame_hash: int((T0 + 20) * 1000),
+                f3.frame_hash: int((T0 + 6 + DAY + 1) * 1000)}
+    rep = verify_file(path, reg, receipts)
+    assert [x["reason"] for x in rep.failures] == ["revoked_key", "revoked_key"]
+    reg2 = registry(backfill_s=86400)
+    rep = verify_file(path, reg2, receipts)
+    issues = rep.gateways["gw-demo-1"].issues
+    assert [(i["kind"], i["seq"]) for i in issues] == [("created_too_old", 3)]
+
+
+# --------------------------------------------------------------------------- drops
+
+
+def drop(first: int, last: int, last_hash: bytes | None, **over: Any) -> Event:
+    d: dict[str, Any] = {"first_seq": first, "last_seq": last, "frames": last - first + 1,
+                         "readings": 3}
+    if last_hash is not None:
+        d["last_hash"] = last_hash.hex()
+    d.update(over)
+    return Event("gateway", "data_dropped", T0, d)
+
+
+def chain_kinds(frames: list[Frame]) -> tuple[list[tuple[str, int]], list[tuple[int, int]]]:
+    t = ChainTracker("gw-demo-1")
+    kinds = [(i.kind, i.seq) for f in frames for i in t.observe(f, now=0.0)[1]]
+    gaps = [(g.detail["first_seq"], g.detail["last_seq"]) for g in t.overdue_gaps(1.0, 0.0)]
+    return kinds, gaps
+
+
+def _dropped_chain(**over: Any) -> tuple[list[Frame], Chain]:
+    c = Chain()
+    a = [c.next(T0 + k) for k in range(3)]  # seqs 1..3
+    hidden = [c.next(T0 + 3 + k) for k in range(3)]  # 4..6, never delivered
+    b = c.next(T0 + 7, events=[drop(4, 6, hidden[-1].frame_hash, **over)])
+    return [*a, b], c
+
+
+def test_a_signed_drop_with_last_hash_covers_its_gap() -> None:
+    frames, _ = _dropped_chain()
+    assert chain_kinds(frames) == ([], [])
+    assert chain_kinds(list(reversed(frames))) == ([], [])  # order does not matter
+
+
+@pytest.mark.parametrize("over,why", [
+    ({"last_hash": None}, "last_hash"),
+    ({"frames": 99}, "frames"),
+    ({"first_seq": 4.0}, "first_seq"),
+    ({"readings": -1}, "readings"),
+    ({"last_seq": 7}, "within"),  # claims the carrying frame itself
+])
+def test_a_drop_without_what_it_must_carry_covers_nothing(over: dict[str, Any],
+                                                          why: str) -> None:
+    frames, _ = _dropped_chain()
+    d = frames[-1].events[0].detail
+    for k, v in over.items():
+        if v is None:
+            d.pop(k)
+        else:
+            d[k] = v
+    c = Chain()
+    a = [c.next(T0 + k) for k in range(3)]
+    c.seq = 6
+    c.prev = frames[-1].prev_hash
+    b = c.next(T0 + 7, events=[Event("gateway", "data_dropped", T0, d)])
+    kinds, gaps = chain_kinds([*a, b])
+    assert kinds == [("bad_drop_event", 7)] and gaps == [(4, 6)]
+    t = ChainTracker("gw-demo-1")
+    for f in (*a, b):
+        issues = t.observe(f, now=0.0)[1]
+    assert why in issues[0].detail["error"]
+
+
+def test_one_event_may_excuse_at_most_the_cap() -> None:
+    c = Chain()
+    a = c.next(T0)
+    n = MAX_DROP_SPAN + 1
+    c.seq += n
+    c.prev = b"\x55" * 32
+    b = c.next(T0 + 1, events=[drop(2, n + 1, b"\x55" * 32)])
+    kinds, gaps = chain_kinds([a, b])
+    assert kinds == [("bad_drop_event", b.seq)] and gaps == [(2, n + 1)]
+    c2 = Chain()
+    a2 = c2.next(T0)
+    c2.seq += MAX_DROP_SPAN
+    c2.prev = b"\x55" * 32
+    b2 = c2.next(T0 + 1, events=[drop(2, MAX_DROP_SPAN + 1, b"\x55" * 32)])
+    assert chain_kinds([a2, b2]) == ([], [])
+
+
+def test_a_drop_contradicting_a_frame_present_is_a_fork() -> None:
+    """The drop names a last_hash, but frame last_seq is in the file with another hash."""
+    c = Chain()
+    a = [c.next(T0 + k) for k in range(6)]  # 1..6 all delivered
+    b = c.next(T0 + 7, events=[drop(4, 6, b"\x66" * 32)])
+    for order in ([*a, b], [b, *a]):
+        kinds, gaps = chain_kinds(order)
+        assert ("fork", 6) in kinds and gaps == []
+    # Delivered anyway and consistent (sent, then dropped before its ack): no finding.
+    b_ok = Chain()
+    a2 = [b_ok.next(T0 + k) for k in range(6)]
+    b2 = b_ok.next(T0 + 7, events=[drop(4, 6, a2[-1].frame_hash)])
+    assert chain_kinds([*a2, b2]) == ([], [])
+
+
+def test_instrument_level_drops_are_not_chain_drops() -> None:
+    c = Chain()
+    ev = Event("serial-1", "data_dropped", T0, {"error": "queue full", "frames": 3})
+    assert chain_kinds([c.next(T0, events=[ev]), c.next(T0 + 1)]) == ([], [])
+
+
+def test_every_drop_is_alerted_by_the_drop_rule(tmp_path: Path) -> None:
+    """With detection on, each signed drop raises I-DROP (the ingest's own integrity
+    findings are for drops that cover nothing or contradict)."""
+    frames, _ = _dropped_chain()
+    cfg_dir = tmp_path
+    a = Authority.generate(cfg_dir / "authority.key")
+    registry().save(cfg_dir / "registry.json", a)
+    (cfg_dir / "SITES.yaml").write_text(json.dumps({"sites": {"S": {
+        "kind": "stack_cems", "location": {"lat": 31.0, "lon": 121.0}}}}))
+    cfg = parse_config({"registry": str(cfg_dir / "registry.json"),
+                        "registry_authority": str(cfg_dir / "authority.pub.pem"),
+                        "state_dir": str(cfg_dir / "state"),
+                        "detection": {"enabled": True, "sites": str(cfg_dir / "SITES.yaml")}})
+    from ingest.engine_hook import make_engine
+
+    (cfg_dir / "state").mkdir()
+    p = Pipeline(cfg, Store(cfg_dir / "state" / "s.db"), Metrics(),
+                 engine=make_engine(cfg.detection))
+    for f in frames:
+        p.handle(TOPIC, f.payload, f.created + 1)
+    p.finish_detection()
+    rules = [u.doc["rule"] for u in p.batch.alert_updates]
+    assert "I-DROP" in rules
+
+
+def test_the_outbox_splits_runs_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    import agent.outbox as ob_mod
+
+    monkeypatch.setattr(ob_mod, "MAX_DROP_SPAN", 4)
+    ob = ob_mod.Outbox(tmp_path / "o.sqlite", gateway_id="gw-demo-1", max_bytes=10**9,
+                       max_age_s=10.0)
+    c = Chain()
+    for k in range(10):
+        f = c.next(T0 + k)
+        ob.append(seq=f.seq, created=f.created, readings=1, frame_hash=f.frame_hash,
+                  payload=f.payload, boot_id=f.boot_id)
+    runs = ob.plan_drops(0, T0 + 1000)
+    assert [(r.first_seq, r.last_seq) for r in runs] == [(1, 4), (5, 8), (9, 10)]
+    hashes = {f.seq: f.frame_hash for f in c.frames}
+    assert all(r.last_hash == hashes[r.last_seq] for r in runs)
+    ob.close()
