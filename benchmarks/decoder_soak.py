@@ -14,6 +14,7 @@ them; it runs for a tenth of the iterations so the machine keeps its memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -107,10 +108,8 @@ def main() -> None:
             verdicts[e.reason] += 1
 
     def raw_cbor2(p: bytes) -> None:
-        try:
+        with contextlib.suppress(Exception):
             cbor2.loads(p[3:-66] if len(p) > 70 else p)
-        except Exception:
-            pass
 
     print(f"hostile payload mix: {len(items)} kinds; 100 kB live on the stack per call")
     print(f"stationseal.verify_payload for {seconds:.0f} s:")
