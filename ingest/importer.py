@@ -80,6 +80,17 @@ class Progress:
             self.out.flush()
 
 
+def import_line(pipe: Pipeline, text: str, raw: bytes, lineno: int, now: float) -> str:
+    """One line of a frames file through the pipeline; the outcome. A line that holds no
+    frame gets the same verdict as in `stationseal verify` (bad_json, bad_base64, ...)."""
+    ff = next(read_frames(io.StringIO(text)))
+    if ff.error is not None or ff.payload is None:
+        pipe._quarantine(ff.topic, raw.rstrip(b"\r\n"), now, ff.reason or "bad_line",
+                         f"line {lineno}: {ff.error}", None)
+        return "quarantined"
+    return pipe.handle(ff.topic, ff.payload, now)
+
+
 def run_import(cfg: IngestConfig, path: str | Path, *, progress: bool = True,
                progress_out: IO[str] | None = None) -> ImportResult:
     p = Path(path)
@@ -110,16 +121,7 @@ def run_import(cfg: IngestConfig, path: str | Path, *, progress: bool = True,
                 if not text.strip():
                     continue
                 res.lines += 1
-                ff = next(read_frames(io.StringIO(text)))
-                now = time.time()
-                if ff.error is not None or ff.payload is None:
-                    # The same line verdicts as `stationseal verify` (bad_json, ...).
-                    pipe._quarantine(ff.topic, raw.rstrip(b"\r\n"), now,
-                                     ff.reason or "bad_line", f"line {res.lines}: {ff.error}",
-                                     None)
-                    outcome = "quarantined"
-                else:
-                    outcome = pipe.handle(ff.topic, ff.payload, now)
+                outcome = import_line(pipe, text, raw, res.lines, time.time())
                 res.outcomes[outcome] = res.outcomes.get(outcome, 0) + 1
                 if len(pipe.batch.lines) >= cfg.influx.batch_lines:
                     flush()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -170,24 +169,6 @@ def test_schema_errors_name_the_field() -> None:
         make([Reading("a", "b", 1, "u", T0, "NN", None)], [])
     with pytest.raises(FrameError, match="malformed"):
         decode(b"\x00garbage")
-
-
-def test_vectors_match_documentation() -> None:
-    committed = json.loads((vectors.VECTOR_DIR / "vectors.json").read_text())
-    reg = vectors.registry_for(committed)
-    fresh = vectors.build()
-    for v in committed["vectors"]:
-        payload = bytes.fromhex(v["payload_hex"])
-        try:
-            verify_payload(payload, reg)
-            verdict = "valid"
-        except Rejected as e:
-            verdict = e.reason
-        assert verdict == v["expected"], v["name"]
-    # Ed25519 is deterministic: those vectors regenerate byte for byte.
-    for old, new in zip(committed["vectors"], fresh["vectors"], strict=True):
-        if old["key"] == "ed25519":
-            assert old["payload_hex"] == new["payload_hex"], old["name"]
 
 
 def test_compactness() -> None:

@@ -49,7 +49,9 @@ def test_audit_finds_a_changed_and_a_deleted_reading(stack: StackInfo, tmp_path:
     cfg = tmp_path / "central.yaml"
     cfg.write_text(yaml.safe_dump({
         "influx": {"url": stack.influx_url, "database": db},
-        "registry": str(tmp_path / "registry.json"), "state_dir": str(tmp_path / "state"),
+        "registry": str(tmp_path / "registry.json"),
+        "registry_authority": str(tmp_path / "registry.json.authority.pub.pem"),
+        "state_dir": str(tmp_path / "state"),
         "archive_dir": str(tmp_path / "archive"),
         "mqtt": {"tls": None}, "metrics": {"enabled": False}}))
     assert main(["ingest", "import", str(export), "--config", str(cfg), "--no-progress"]) == 0

@@ -218,17 +218,17 @@ def test_frame_received_after_its_key_was_retired_is_refused(central: Central, p
                                                              tmp_path: Path) -> None:
     """A back-dated frame: created (by its own clock) while the key was valid, but first
     seen by the centre after the key was retired."""
-    from stationseal.records import to_rfc3339
+
+    from stationseal.frame import decode
+    from stationseal.registry import Authority, KeyRegistry
 
     pkg = _copy(package, tmp_path)
-    reg = json.loads((pkg / "registry.json").read_text())
     lines = _frame_lines(pkg)
-    from stationseal.frame import decode
-
     f = decode(base64.b64decode(json.loads(lines[len(lines) // 2])["payload"]))
-    reg["keys"][0]["revoked_at"] = to_rfc3339(f.created + 0.25)  # receipt is +0.5 s
-    reg["keys"][0]["revocation_reason"] = "retired"
-    (pkg / "registry.json").write_text(json.dumps(reg))
+    # The registry authority publishes a new version retiring the key (receipt is +0.5 s).
+    reg = KeyRegistry.load(pkg / "registry.json", pkg / "registry-authority.pub.pem")
+    reg.revoke(f.key_id, f.created + 0.25, "retired")
+    reg.save(pkg / "registry.json", Authority.beside(central.root / "registry.json"))
     _resign(pkg, central)
     rep = verify_package(pkg, _pub(central))
     bad = [x for x in rep.failures if x.reason == "key_invalid_at_receipt"]
