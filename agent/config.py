@@ -25,6 +25,7 @@ from pydantic import (
 
 from agent.profiles import Profile, load_profile, profile_file
 from agent.yamlcfg import ConfigError, StrictModel, read_yaml, validate
+from stationseal.signing import Signer
 
 __all__ = ["ConfigError", "InstrumentConfig", "SiteConfig", "load_site_config"]
 
@@ -224,11 +225,25 @@ class ClockConfig(StrictModel):
         return [*self.ntp_servers, *([self.ntp_server] if self.ntp_server else [])]
 
 
+class Pkcs11Key(StrictModel):
+    """A P-256 key that lives in a PKCS#11 token and never leaves it: a TPM 2.0 through
+    tpm2-pkcs11, an ATECC608 through cryptoauthlib, SoftHSM in tests (deploy/agent/
+    hardware-keys.md). The PIN only authorises use of the key on this device."""
+
+    module: SitePath
+    token_label: str = Field(min_length=1)
+    key_label: str = Field(min_length=1)
+    pin_file: SitePath
+
+
 class SiteConfig(StrictModel):
     site: str = Field(pattern=ID)
     gateway_id: str = Field(pattern=ID)
     kind: SiteKind
-    key_file: SitePath
+    #: the gateway's private key in a file (PKCS#8 PEM, 0600) ...
+    key_file: SitePath | None = None
+    #: ... or in a hardware token (exactly one of the two)
+    key_pkcs11: Pkcs11Key | None = None
     #: where instrument profiles live (default: firmware-config/instruments beside sites/)
     profiles_dir: SitePath = Field(default=Path("../instruments"), validate_default=True)
     uplink: Uplink
@@ -242,6 +257,9 @@ class SiteConfig(StrictModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SiteConfig:
+        if (self.key_file is None) == (self.key_pkcs11 is None):
+            raise ValueError("give exactly one of key_file (a key file) and key_pkcs11 (a "
+                             "key in a hardware token)")
         ids: dict[str, int] = {}
         units: dict[tuple[str, int], int] = {}
         lines: dict[str, tuple[int, str, tuple[int, str, int, int]]] = {}
@@ -333,6 +351,20 @@ def load_site_config(path: str | Path) -> SiteConfig:
     return cfg
 
 
+def make_signer(cfg: SiteConfig) -> Signer:
+    """The gateway's signer: from its key file, or inside its PKCS#11 token."""
+    from stationseal.signing import load_signer
+
+    if cfg.key_file is not None:
+        return load_signer(cfg.key_file)
+    assert cfg.key_pkcs11 is not None
+    from stationseal.pkcs11 import Pkcs11Signer
+
+    k = cfg.key_pkcs11
+    pin = k.pin_file.read_text(encoding="utf-8").strip()
+    return Pkcs11Signer(str(k.module), k.token_label, pin, k.key_label)
+
+
 def preflight(cfg: SiteConfig, *, uplink: bool = True) -> tuple[list[str], list[str]]:
     """Every file and directory the site config refers to, checked before the agent
     starts (``agent check-config`` and ``agent run``): ``(errors, warnings)``, one line
@@ -344,12 +376,24 @@ def preflight(cfg: SiteConfig, *, uplink: bool = True) -> tuple[list[str], list[
 
     errs: list[str | None] = []
     warns: list[str | None] = []
-    err = pf.secret_file(cfg.key_file, "key_file")
-    if err is None:
-        try:
-            load_signer(cfg.key_file)
-        except SigningError as e:
-            err = f"key_file: {e}"
+    if cfg.key_file is not None:
+        err = pf.secret_file(cfg.key_file, "key_file")
+        if err is None:
+            try:
+                load_signer(cfg.key_file)
+            except SigningError as e:
+                err = f"key_file: {e}"
+    else:
+        assert cfg.key_pkcs11 is not None
+        k = cfg.key_pkcs11
+        err = pf.readable_file(k.module, "key_pkcs11.module") or \
+            pf.secret_file(k.pin_file, "key_pkcs11.pin_file")
+        warns.append(pf.secret_mode_warning(k.pin_file, "key_pkcs11.pin_file"))
+        if err is None:
+            try:
+                getattr(make_signer(cfg), "close", lambda: None)()
+            except SigningError as e:
+                err = f"key_pkcs11: {e}"
     errs.append(err)
     up = cfg.uplink
     if not uplink:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import ClockMonitor, measure, ntp_sync_state
-from agent.config import FileUplink, MqttUplink, OutboxConfig, SiteConfig
+from agent.config import FileUplink, MqttUplink, OutboxConfig, SiteConfig, make_signer
 from agent.dispatch import Dispatcher, Transport
 from agent.instruments import Instrument
 from agent.outbox import Outbox
@@ -43,7 +43,7 @@ from agent.uplink import FileTransport, MqttTransport
 from stationseal import __version__
 from stationseal.export import frames_topic
 from stationseal.records import Event, to_rfc3339
-from stationseal.signing import Signer, load_signer
+from stationseal.signing import Signer
 
 log = logging.getLogger("stationseal.agent")
 
@@ -155,7 +155,7 @@ class Agent:
             if not output.startswith("file:") or len(output) <= 5:
                 raise ValueError(f"--output {output!r}: expected file:PATH")
             uplink = FileUplink(type="file", path=Path(output[5:]).resolve())
-        signer = load_signer(cfg.key_file)
+        signer = make_signer(cfg)
         gw = cfg.gateway_id
 
         def transport(birth: dict[str, Any]) -> Transport:

@@ -146,7 +146,8 @@ def write_runtime_config(site: SiteConfig, endpoints: Mapping[str, Mapping[str, 
     assert site.source is not None
     data = copy.deepcopy(read_yaml(site.source))
     data["profiles_dir"] = str(site.profiles_dir)
-    data["key_file"] = str(key_file or site.key_file)
+    if key_file is not None or site.key_file is not None:
+        data["key_file"] = str(key_file or site.key_file)
     data["outbox"]["path"] = str(state_dir / site.outbox.path.name)
     up = site.uplink
     if isinstance(up, FileUplink):
