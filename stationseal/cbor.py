@@ -153,12 +153,22 @@ _FLOAT = rb"(?:\xf9.{2}|\xfa.{4}|\xfb.{8})"
 #: instead of item by item in Python. Anything else goes through the general walk.
 _READING = (rb"\x85" + _UINT + _INT + b"(?:" + _INT + b"|" + _FLOAT + b"|" + _str_pattern(3, 64)
             + rb")\x61[\x00-\x7f](?:\xf6|" + _str_pattern(2, 64) + b")")
+#: One channel-table entry ``[instrument, signal, unit]``: three text strings.
+_CHANNEL = rb"\x83" + _str_pattern(3, 64) * 3
 _BLOCK = 64
 
 
 @functools.lru_cache(maxsize=_BLOCK + 1)
 def _readings_re(n: int) -> re.Pattern[bytes]:
     return re.compile(b"(?:" + _READING + b"){%d}" % n, re.DOTALL)
+
+
+@functools.lru_cache(maxsize=_BLOCK + 1)
+def _channels_re(n: int) -> re.Pattern[bytes]:
+    return re.compile(b"(?:" + _CHANNEL + b"){%d}" % n, re.DOTALL)
+
+
+_BLOCKS = {0x85: _readings_re, 0x83: _channels_re}
 
 
 def check_wellformed(data: bytes, max_depth: int = MAX_DEPTH) -> None:
@@ -215,16 +225,18 @@ def check_wellformed(data: bytes, max_depth: int = MAX_DEPTH) -> None:
                 raise CBORError(f"byte {i}: {v} items announced, {n - i} bytes left")
             stack.append((left, keys))
             left, keys = items, (0 if mt == 4 else 1)
-            if mt == 4 and i < n and data[i] == 0x85 and len(stack) < max_depth:
-                # Maybe a readings array: skip whole blocks of well-formed readings.
+            if mt == 4 and i < n and len(stack) < max_depth and data[i] in _BLOCKS:
+                # Maybe a readings array or a channel table: skip whole blocks of
+                # well-formed entries at regex speed.
+                block = _BLOCKS[data[i]]
                 while left >= _BLOCK:
-                    m = _readings_re(_BLOCK).match(data, i)
+                    m = block(_BLOCK).match(data, i)
                     if m is None:
                         break
                     i = m.end()
                     left -= _BLOCK
                 if 0 < left < _BLOCK:
-                    m = _readings_re(left).match(data, i)
+                    m = block(left).match(data, i)
                     if m is not None:
                         i = m.end()
                         left = 0

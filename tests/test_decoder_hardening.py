@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stationseal import cbor, vectors
 from stationseal import frame as fr
@@ -303,3 +306,38 @@ def test_topics_of_the_wrong_shape_are_named(tmp_path: Path, topic: str) -> None
     p.write_text(line_for(topic, f.payload) + "\n")
     rep = verify_file(p, reg())
     assert [x["reason"] for x in rep.failures] == ["bad_topic"]
+
+
+def _accepts(data: bytes) -> bool:
+    try:
+        cbor.check_wellformed(data)
+    except cbor.CBORError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_structural_walk_fast_path_agrees_with_the_item_walk(data: st.DataObject) -> None:
+    """The regex block path for readings and channels accepts exactly what the item-by-item
+    walk accepts, and whatever it accepts, cbor2 decodes without raising."""
+    n = data.draw(st.integers(1, 150))
+    rs = [Reading(f"i{k % 7}", f"s{k % 11}", data.draw(st.one_of(
+        st.floats(width=32, allow_nan=False), st.integers(-2**40, 2**40),
+        st.text(max_size=70))), "u", T0 - k / 10, "N",
+        data.draw(st.one_of(st.none(), st.binary(max_size=70)))) for k in range(n)]
+    f = seal(ED, gateway_id="gw-demo-1", site="S", boot_id=vectors.BOOT, seq=1,
+             prev_hash=ZERO_HASH, created=T0, clock_sync="synced", readings=rs, events=[])
+    body = bytearray(f.body)
+    for _ in range(data.draw(st.integers(0, 3))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    fast = _accepts(bytes(body))
+    saved = dict(cbor._BLOCKS)
+    cbor._BLOCKS.clear()
+    try:
+        slow = _accepts(bytes(body))
+    finally:
+        cbor._BLOCKS.update(saved)
+    assert fast == slow
+    if fast:
+        cbor2.loads(bytes(body), str_errors="replace")
