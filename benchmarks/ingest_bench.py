@@ -1,20 +1,28 @@
-"""Central ingest throughput and latency on the local stack.
+"""Central ingest throughput and latency, on Mosquitto and on a NATS JetStream cluster.
 
-Figures (all measured in this run, on a private Mosquitto + InfluxDB 1.x stack):
+Figures (all measured in this run, on private stacks on this machine):
 
 * raw: the same readings as line protocol, POSTed to InfluxDB by a plain batched HTTP
   writer (5,000 lines per request): the ceiling of the database on this machine;
-* ingest, 1 and 2 workers: frames pre-sealed and queued in the broker, then
-  `stationseal ingest run` drains them (verify, chain, convert, write, acknowledge);
-  readings/s from the workers' own counters. Target: 1 worker >= 0.8 x raw;
-* latency at half the 1-worker maximum: a publisher seals and publishes frames live; the
-  time from a frame's creation to its readings being written and acknowledged, p50/p99;
+* ingest, 1, 2 and 4 workers, on each broker: frames pre-sealed and queued in the broker
+  (Mosquitto: the workers' persistent sessions; NATS: the partitioned FRAMES stream),
+  then `stationseal ingest run` drains them (verify, chain, convert, write,
+  acknowledge); readings/s from the workers' own counters, and the CPU seconds the
+  broker, the workers and InfluxDB spent per reading while draining (from /proc);
+* ingest with detection on, 1 worker (Mosquitto), next to the same run's raw rate;
+* latency at half the 1-worker maximum, per broker: a publisher seals and publishes
+  frames live; the time from a frame's creation to its readings being written and
+  acknowledged, p50/p99;
 * profile: where one worker's CPU goes per frame (no I/O).
+
+The machine is shared: rates are medians where repeated, and ratios are to figures of
+the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import http.client
 import json
@@ -46,9 +54,39 @@ from stationseal.keys import KeyRegistry, generate_keypair
 from stationseal.records import Reading
 from stationseal.signing import load_signer
 
-#: Two gateways per shard of two workers (crc32 % 2).
-GATEWAYS = ("gw-shard-0", "gw-shard-1", "gw-shard-4", "gw-shard-5")
-SIGNALS = [("ana", f"s{i}", "u") for i in range(10)]
+#: A five-gas analyzer and a dynamometer at 10 Hz: signals the vehicle detectors read, so
+#: the detection-on run does the work it does at a real lane.
+SIGNALS = [("ana-1", "hc_ppm", "ppm"), ("ana-1", "co_pct", "%vol"), ("ana-1", "co2_pct", "%vol"),
+           ("ana-1", "o2_pct", "%vol"), ("ana-1", "no_ppm", "ppm"), ("ana-1", "lambda", "1"),
+           ("dyn-1", "speed_kmh", "km/h"), ("dyn-1", "power_kw", "kW"), ("dyn-1", "rpm", "1/min"),
+           ("dyn-1", "force_n", "N")]
+
+
+def _pick_gateways(n: int = 16, parts: int = 16, shards: int = 4) -> tuple[str, ...]:
+    """Ids that spread evenly on both brokers: one per NATS partition (fnv1a32 % 16) and
+    four per Mosquitto filter shard of four workers (crc32 % 4)."""
+    import zlib
+
+    from ingest.nats_source import partition_of
+
+    out: list[str] = []
+    used_p: set[int] = set()
+    per_shard: dict[int, int] = {}
+    i = 0
+    while len(out) < n:
+        gw = f"gw-b{i}"
+        i += 1
+        p = partition_of(gw, parts)
+        k = zlib.crc32(gw.encode()) % shards
+        if p in used_p or per_shard.get(k, 0) >= n // shards:
+            continue
+        used_p.add(p)
+        per_shard[k] = per_shard.get(k, 0) + 1
+        out.append(gw)
+    return tuple(out)
+
+
+GATEWAYS = _pick_gateways()
 
 
 def make_frames(tmp: Path, reg: KeyRegistry, n_frames: int, n_readings: int,
@@ -112,7 +150,8 @@ def publish_frames(info: st.StackInfo, frames: dict[str, list[Frame]]) -> None:
     """Queue every frame in the broker (ingest subscribed before, then stopped)."""
     def one(gw: str) -> None:
         cred = info.gateway(gw)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{gw}")
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{gw}",
+                        protocol=mqtt.MQTTv311)
         c.tls_set_context(info.tls_context())
         c.username_pw_set(cred.username, cred.password())
         c.max_inflight_messages_set(200)
@@ -133,9 +172,9 @@ def publish_frames(info: st.StackInfo, frames: dict[str, list[Frame]]) -> None:
 
 
 def write_config(info: st.StackInfo, tmp: Path, name: str, workers: int,
-                 metrics_port: int) -> Path:
+                 metrics_port: int, detection: Path | None = None) -> Path:
     influx(info, f'CREATE DATABASE "{name}"')
-    cfg = {
+    cfg: dict[str, Any] = {
         "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port,
                  "tls": {"ca_file": str(info.ca_file)}, "username": "ingest",
                  "password_file": str(info.ingest.password_file), "client_id": name,
@@ -148,6 +187,15 @@ def write_config(info: st.StackInfo, tmp: Path, name: str, workers: int,
         "shard": {"count": workers},
         "metrics": {"port": metrics_port},
     }
+    if info.nats is not None:
+        from ingest.config import config_from_stack as cfs
+
+        n = cfs(info, tmp / "registry.json", tmp).nats
+        assert n is not None
+        cfg["nats"] = {**n.model_dump(mode="json"), "leases_bucket": "stationseal-ingest",
+                       "lease_ttl_s": 3.0}
+    if detection is not None:
+        cfg["detection"] = {"enabled": True, "sites": str(detection)}
     p = tmp / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -173,35 +221,135 @@ def _readings_total(port: int) -> float:
                if ln.startswith("stationseal_ingest_readings_total"))
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (0 for a vanished one)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tck
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _pids(info: st.StackInfo, component: str) -> list[int]:
+    try:
+        return [int(json.loads((info.dir / "run" / f"{component}.json").read_text())["pid"])]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def broker_pids(info: st.StackInfo) -> list[int]:
+    if info.nats is None:
+        return _pids(info, "mosquitto")
+    return [p for c in ("nats-1", "nats-2", "nats-3") for p in _pids(info, c)]
+
+
+def reset_nats(info: st.StackInfo) -> None:
+    """Empty the stream, drop every consumer and the lease bucket: the next run starts
+    from this run's frames only, with no leases of the previous run's workers."""
+    import asyncio
+
+    from stack import nats as sn
+
+    async def go() -> None:
+        import nats
+
+        nc = await nats.connect(sn.client_urls(info), user="ingest",
+                                password=info.ingest.password(), tls=info.tls_context())
+        js = nc.jetstream(timeout=30)
+        for ci in await js.consumers_info(sn.STREAM):
+            await js.delete_consumer(sn.STREAM, ci.name)
+        await js.purge_stream(sn.STREAM)
+        with contextlib.suppress(Exception):
+            await js.delete_stream("KV_stationseal-ingest")
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def stream_count(info: st.StackInfo) -> int:
+    import asyncio
+
+    from stack import nats as sn
+
+    async def go() -> int:
+        import nats
+
+        nc = await nats.connect(sn.client_urls(info), user="ingest",
+                                password=info.ingest.password(), tls=info.tls_context())
+        si = await nc.jetstream(timeout=30).stream_info(sn.STREAM)
+        await nc.close()
+        return int(si.state.messages)
+
+    return asyncio.run(go())
+
+
 def ingest_rate(info: st.StackInfo, tmp: Path, frames: dict[str, list[Frame]],
-                workers: int) -> float:
-    name = f"bench_ingest{workers}"
+                workers: int, tag: str = "", detection: Path | None = None
+                ) -> dict[str, float]:
+    """Drain the queued frames; readings/s and CPU seconds per reading of broker,
+    workers and InfluxDB over the drain."""
+    name = f"bench_ingest{tag}{workers}"
     port = _free_port()
-    cfg = write_config(info, tmp, name, workers, port)
+    cfg = write_config(info, tmp, name, workers, port, detection)
     argv = [sys.executable, "-m", "stationseal.cli", "ingest", "run", "--config", str(cfg),
             "--log-level", "warning"]
-    # First run: create the persistent session(s), then stop so frames queue up.
-    p = subprocess.Popen(argv)
-    deadline = time.monotonic() + 30
-    while _readings_total(port) < 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.5 if workers > 1 else 0.5)
-    p.terminate()
-    p.wait(30)
-    publish_frames(info, frames)
     total = sum(len(f.readings) for fs in frames.values() for f in fs)
+    if info.nats is None:
+        # First run: create the persistent session(s), then stop so frames queue up.
+        p = subprocess.Popen(argv)
+        deadline = time.monotonic() + 30
+        while _readings_total(port) < 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5 if workers > 1 else 0.5)
+        p.terminate()
+        p.wait(30)
+        publish_frames(info, frames)
+    else:
+        reset_nats(info)
+        publish_frames(info, frames)
+        n_frames = sum(len(fs) for fs in frames.values())
+        deadline = time.monotonic() + 120
+        while stream_count(info) < n_frames and time.monotonic() < deadline:
+            time.sleep(0.5)
     p = subprocess.Popen(argv)
     try:
         first_t, first_n = None, 0.0
-        deadline = time.monotonic() + 600
+        cpu0: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        workers_pids: list[int] = []
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             n = _readings_total(port)
             now = time.perf_counter()
             if n > 0 and first_t is None:
                 first_t, first_n = now, n
+                workers_pids = _children(p.pid) or [p.pid]
+                cpu0 = (_cpu_s(broker_pids(info)), _cpu_s(workers_pids),
+                        _cpu_s(_pids(info, "influxdb")))
             if n >= total:
                 assert first_t is not None
-                return (n - first_n) / max(1e-6, now - first_t)
+                done = n - first_n
+                return {
+                    "rate": done / max(1e-6, now - first_t),
+                    "broker_us": (_cpu_s(broker_pids(info)) - cpu0[0]) / done * 1e6,
+                    "ingest_us": (_cpu_s(workers_pids) - cpu0[1]) / done * 1e6,
+                    "influx_us": (_cpu_s(_pids(info, "influxdb")) - cpu0[2]) / done * 1e6,
+                }
             time.sleep(0.05)
         raise RuntimeError(f"{name}: only {_readings_total(port)} of {total} readings")
     finally:
@@ -214,11 +362,17 @@ def latency(info: st.StackInfo, tmp: Path, rate_readings: float, n_readings: int
     """In-process worker; a publisher thread seals and publishes at the given rate."""
     from ingest.service import IngestService
 
-    influx(info, 'CREATE DATABASE "bench_latency"')
-    cfg = config_from_stack(info, tmp / "registry.json", tmp / "state-latency",
+    influx(info, 'CREATE DATABASE "bench_latency"')  # each broker's stack has its own
+    cfg = config_from_stack(info, tmp / "registry.json", tmp / f"state-latency-{info.broker}",
                             mqtt={"client_id": "bench-latency"},
                             influx={"database": "bench_latency", "flush_interval_ms": 200})
-    svc = IngestService(cfg)
+    if info.nats is not None:
+        from ingest.nats_source import NatsIngestService
+
+        reset_nats(info)
+        svc: IngestService = NatsIngestService(cfg)
+    else:
+        svc = IngestService(cfg)
     lat: list[float] = []
     orig = svc.committer.commit
 
@@ -232,10 +386,20 @@ def latency(info: st.StackInfo, tmp: Path, rate_readings: float, n_readings: int
     svc.start()
     svc.connected.wait(10)
     time.sleep(0.5)
+    if info.nats is not None:
+        # Wait until the worker holds every partition (first lease round).
+        from ingest.nats_source import NatsIngestService as N
+
+        assert isinstance(svc, N)
+        deadline = time.monotonic() + 30
+        while len(svc.link.owned) < int(info.nats["partitions"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
     gw = GATEWAYS[0]
     signer = load_signer(tmp / "keys" / f"{gw}.key")
     cred = info.gateway(gw)
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency-pub")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency-pub",
+                    protocol=mqtt.MQTTv311)
     c.tls_set_context(info.tls_context())
     c.username_pw_set(cred.username, cred.password())
     c.max_inflight_messages_set(500)
@@ -305,41 +469,76 @@ class _FakeInfo:
         password_file = "/dev/null"
 
 
+def _sites_file(tmp: Path) -> Path:
+    """SITES.yaml naming the bench gateways' sites (vehicle lanes), for detection on."""
+    p = tmp / "sites.yaml"
+    p.write_text(yaml.safe_dump({"sites": {
+        f"site-{gw}": {"kind": "vehicle_inspection", "location": {"lat": 23.0, "lon": 113.1}}
+        for gw in GATEWAYS}}))
+    return p
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--readings", type=int, default=500,
                     help="readings per frame (default: the agent's default batch_max_readings)")
+    ap.add_argument("--brokers", default="mosquitto,nats",
+                    help="comma-separated: mosquitto, nats (default both)")
+    ap.add_argument("--workers", default="1,2,4", help="worker counts (default 1,2,4)")
+    ap.add_argument("--no-detection", action="store_true",
+                    help="skip the detection-on run")
     args = ap.parse_args()
-    n_frames = 250 if args.quick else 1000
+    n_frames = 40 if args.quick else 150
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    counts = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as d:
         tmp = Path(d)
-        info = st.up(tmp / "stack", GATEWAYS)
-        try:
-            reg = KeyRegistry()
-            frames = make_frames(tmp, reg, n_frames, args.readings, time.time() - 10 * 86400)
-            reg.save(tmp / "registry.json")
-            total = n_frames * len(GATEWAYS) * args.readings
-            print(f"{len(GATEWAYS)} gateways x {n_frames} frames x {args.readings} readings "
-                  f"= {total:,} readings; machine: {os.cpu_count()} cores")
-            raw, _ = raw_rate(info, frames)
-            print(f"raw line-protocol write (batched HTTP, 5000 lines, median of 3): "
-                  f"{raw:,.0f} readings/s")
-            r1 = ingest_rate(info, tmp, frames, 1)
-            print(f"ingest, 1 worker:  {r1:,.0f} readings/s = {r1 / raw:.2f} x raw "
-                  f"(target >= 0.80)")
-            r2 = ingest_rate(info, tmp, frames, 2)
-            print(f"ingest, 2 workers: {r2:,.0f} readings/s = {r2 / raw:.2f} x raw; "
-                  f"speed-up {r2 / r1:.2f} x over 1 worker")
-            half = r1 / 2
-            p50, p99, sent = latency(info, tmp, half, args.readings,
-                                     5.0 if args.quick else 15.0)
-            print(f"latency at half the 1-worker maximum ({half:,.0f} readings/s, {sent} "
-                  f"frames): frame creation -> written+acked p50 {p50 * 1000:.0f} ms, "
-                  f"p99 {p99 * 1000:.0f} ms")
-            print(profile(tmp, frames))
-        finally:
-            st.down(tmp / "stack")
+        reg = KeyRegistry()
+        frames = make_frames(tmp, reg, n_frames, args.readings, time.time() - 10 * 86400)
+        reg.save(tmp / "registry.json")
+        total = n_frames * len(GATEWAYS) * args.readings
+        print(f"{len(GATEWAYS)} gateways x {n_frames} frames x {args.readings} readings "
+              f"= {total:,} readings; machine: {os.cpu_count()} cores (shared)")
+        raw = 0.0
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for broker in brokers:
+            sdir = tmp / f"stack-{broker}"
+            info = st.up(sdir, GATEWAYS, broker=broker, timeout=60)
+            try:
+                if not raw:
+                    raw, _ = raw_rate(info, frames)
+                    print(f"raw line-protocol write (batched HTTP, 5000 lines, median of 3): "
+                          f"{raw:,.0f} readings/s")
+                for w in counts:
+                    r = ingest_rate(info, tmp, frames, w, tag=broker[:4])
+                    results[(broker, w)] = r
+                    base = results.get((broker, counts[0]))
+                    up_ = f"; {r['rate'] / base['rate']:.2f} x {counts[0]} worker" \
+                        if base and w != counts[0] else ""
+                    print(f"{broker:<9} {w} worker(s): {r['rate']:>9,.0f} readings/s = "
+                          f"{r['rate'] / raw:.2f} x raw{up_}; CPU per reading: broker "
+                          f"{r['broker_us']:.1f} us, ingest {r['ingest_us']:.1f} us, "
+                          f"influxd {r['influx_us']:.1f} us")
+                if broker == "mosquitto" and not args.no_detection:
+                    r = ingest_rate(info, tmp, frames, 1, tag="det",
+                                    detection=_sites_file(tmp))
+                    r0 = results.get(("mosquitto", 1))
+                    rel = f"; {r['rate'] / r0['rate']:.2f} x detection off" if r0 else ""
+                    print(f"{broker:<9} 1 worker, detection on: {r['rate']:>9,.0f} "
+                          f"readings/s = {r['rate'] / raw:.2f} x raw (target >= 0.80){rel}; "
+                          f"ingest CPU {r['ingest_us']:.1f} us/reading")
+                one = results.get((broker, 1))
+                if one:
+                    half = one["rate"] / 2
+                    p50, p99, sent = latency(info, tmp, half, args.readings,
+                                             5.0 if args.quick else 15.0)
+                    print(f"{broker:<9} latency at half the 1-worker maximum ({half:,.0f} "
+                          f"readings/s, {sent} frames): creation -> written+acked "
+                          f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+            finally:
+                st.down(sdir)
+        print(profile(tmp, frames))
     return 0
 
 

@@ -268,11 +268,17 @@ class _NatsLink:
                 log.error("lease bucket %s: %s; retrying", self.n.leases_bucket, e)
                 await asyncio.sleep(2)
         self.loop.create_task(self._renew_loop())
+        # Workers started together (a supervisor, a rolling deploy) first see each other,
+        # then take partitions: each takes its own share at once instead of one worker
+        # taking all and handing most over a moment later.
+        await asyncio.sleep(min(self.n.lease_ttl_s, 5.0) / 2)
         while not self._stopping.is_set():
             try:
                 await self._tick()
-            except Exception:
-                log.exception("partition lease round failed")
+            except Exception as e:
+                # Typically the lease bucket without a leader for a moment (just created,
+                # or a node died): the next round tries again.
+                log.warning("partition lease round failed: %s: %s", type(e).__name__, e)
             await asyncio.sleep(self.n.lease_ttl_s / 3)
 
     async def _renew_loop(self) -> None:
@@ -421,7 +427,10 @@ class _NatsLink:
                 await asyncio.sleep(0.05)  # renewal late: fetch nothing we may not own
                 continue
             try:
-                msgs = await psub.fetch(self.n.fetch_batch, timeout=1.0)
+                # A pull request for n frames is answered when n are there or it expires:
+                # wait for the first only, then take at once what else is there (a
+                # long batch wait would add up to its time-out to every frame's latency).
+                msgs = await psub.fetch(1, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
@@ -430,6 +439,9 @@ class _NatsLink:
                 log.warning("fetch from partition %d: %s", own.partition, e)
                 await asyncio.sleep(1.0)
                 continue
+            if self.n.fetch_batch > 1:
+                with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                    msgs += await psub.fetch(self.n.fetch_batch - 1, timeout=0.01)
             if not own.alive:
                 return
             # The inbox may block (backpressure): on a thread, never on the event loop.
