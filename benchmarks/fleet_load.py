@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sims = []
             for gw in gws:
                 kf = generate_keypair(gw, tmp / "keys", overwrite=True)
-                reg.add(gw, kf.public_key.read_bytes(), valid_from=0.0)
+                reg.add(gw, kf.public_key.read_bytes(), valid_from=0.0, sites=[f"site-{gw}"])
                 sims.append(Sim(gw, info.gateway(gw).password(), load_signer(kf.private_key)))
             reg.save(tmp / "registry.json")
             db = "fleet"

@@ -227,12 +227,14 @@ class Store:
                 self.db.execute("ROLLBACK")
 
     def _migrate(self) -> None:
-        db = self._db()
-        have = {r[1] for r in db.execute("PRAGMA table_info(quarantine)")}
-        for name, decl in _QUARANTINE_EXTRA:
-            if name not in have:
-                db.execute(f"ALTER TABLE quarantine ADD COLUMN {name} {decl}")
-        db.execute("CREATE INDEX IF NOT EXISTS quarantine_src ON quarantine(src, received)")
+        # In one write transaction: several workers starting together on a new state
+        # database would otherwise both see a column missing and the second ALTER fail.
+        with self.tx() as db:
+            have = {r[1] for r in db.execute("PRAGMA table_info(quarantine)")}
+            for name, decl in _QUARANTINE_EXTRA:
+                if name not in have:
+                    db.execute(f"ALTER TABLE quarantine ADD COLUMN {name} {decl}")
+            db.execute("CREATE INDEX IF NOT EXISTS quarantine_src ON quarantine(src, received)")
 
     def tx(self) -> Store._Tx:
         return Store._Tx(self._db())
