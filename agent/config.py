@@ -132,6 +132,14 @@ class MqttUplink(StrictModel):
     #: without 5, such as NATS 2.9's MQTT listener), or "auto": 5, and 3.1.1 from the
     #: first connection the broker refuses with "unsupported protocol version" on.
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    #: What lets the agent delete a frame (docs/acks.md): "ingest", the central
+    #: service's acknowledgement after it stored the frame for good (end to end), or
+    #: "broker", the broker's PUBACK "success" (for a central side without acks).
+    confirm: Literal["ingest", "broker"] = "ingest"
+    #: An accepted but unconfirmed frame is sent again after this long (doubling).
+    confirm_timeout_s: float = Field(default=900.0, ge=10, le=7 * 86400)
+    #: The broker keeps the acknowledgements for the gateway this long while it is away.
+    session_expiry_s: int = Field(default=86400, ge=60, le=30 * 86400)
 
 
 class FileUplink(StrictModel):

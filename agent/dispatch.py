@@ -14,13 +14,25 @@ window and cannot starve live data, nor live data the backlog.
 
 Only sequence numbers and a few recent payloads live in memory: a backlog of a week is
 read from SQLite a window at a time, never listed in RAM.
+
+Confirmation (docs/acks.md). With ``confirm="ingest"`` (the default of a site config) a
+PUBACK only moves a frame from "in flight" to "accepted by the broker, awaiting the
+ingest": it stays in the outbox, marked with the time, and is not sent again until it is
+due (``confirm_timeout_s``, doubling per attempt), or sooner if a frame sent after it is
+confirmed first (the ingest sees one gateway's frames in order, so the earlier one, or
+its confirmation, was lost: a broker crash). It is deleted when the ingest's
+acknowledgement names its sequence number *and* its hash. With ``confirm="broker"`` a
+PUBACK with reason "success" is the delivery. Either way, "no matching subscribers"
+(PUBACK 0x10) means nobody holds the frame: it is sent again after ``retry_s``, doubling.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any, Protocol
 
 from agent.outbox import Outbox
@@ -57,9 +69,25 @@ class Dispatcher:
         *,
         max_inflight: int,
         live_reserve: int,
+        confirm: str = "broker",
+        confirm_timeout_s: float = 900.0,
+        retry_s: float = 5.0,
+        overtaken_grace_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not 1 <= live_reserve < max_inflight:
             raise ValueError("live_reserve must be at least 1 and below max_inflight")
+        if confirm not in ("ingest", "broker"):
+            raise ValueError(f"confirm {confirm!r}: choose 'ingest' or 'broker'")
+        self.confirm = confirm
+        self.confirm_timeout_s = confirm_timeout_s
+        self.retry_s = retry_s
+        self.overtaken_grace_s = overtaken_grace_s
+        self._clock = clock
+        #: earliest time a frame waiting for a resend is due (rescan the backlog then)
+        self.next_due = math.inf
+        self.confirmed_frames = 0
+        self.unrouted_frames = 0
         self.outbox = outbox
         self.max_inflight = max_inflight
         self.live_reserve = live_reserve
@@ -115,6 +143,7 @@ class Dispatcher:
             self.cursor = 0
 
     def delivered(self, gen: int, seqs: list[int]) -> None:
+        """Delivered for good (export file fsynced; PUBACK with ``confirm="broker"``)."""
         # A delivery is a delivery whatever the link generation: the broker has it.
         n = 0
         for seq in seqs:
@@ -124,6 +153,63 @@ class Dispatcher:
                 n += 1
         self.delivered_frames += n
         self.pump()
+
+    def published(self, gen: int, seqs: list[int]) -> None:
+        """PUBACK "success": at the broker. Awaiting the ingest unless confirming by
+        broker."""
+        if self.confirm == "broker":
+            self.delivered(gen, seqs)
+            return
+        now = self._clock()
+        for seq in seqs:
+            if self.inflight.pop(seq, None) is not None:
+                self.outbox.mark_published(seq, now, self.confirm_timeout_s)
+        self.next_due = min(self.next_due, now + self.confirm_timeout_s)
+        self.pump()
+
+    def unrouted(self, gen: int, seqs: list[int]) -> None:
+        """PUBACK 0x10 "no matching subscribers": the broker dropped the frame (the ingest
+        lost its session, or never subscribed). Not a delivery: due again later."""
+        now = self._clock()
+        n = 0
+        for seq in seqs:
+            if self.inflight.pop(seq, None) is not None:
+                self.outbox.mark_unrouted(seq, now, self.retry_s)
+                n += 1
+        if n:
+            if self.unrouted_frames == 0:
+                log.warning("broker has no subscriber for this gateway's frames (PUBACK "
+                            "0x10): keeping them and sending again later")
+            self.unrouted_frames += n
+            self.next_due = min(self.next_due, now + self.retry_s)
+        self.pump()
+
+    def confirmed(self, items: list[tuple[int, bytes]]) -> None:
+        """The ingest's acknowledgement: (seq, frame hash) it has stored for good. A frame
+        is deleted only if the hash is the one in the outbox."""
+        now = self._clock()
+        latest: float | None = None
+        n = 0
+        for seq, h in items:
+            info = self.outbox.lookup(seq)
+            if info is None or info[0] != h or seq in self.delivered_pending:
+                continue
+            self.inflight.pop(seq, None)
+            if seq in self.live_seqs:
+                self.live = deque(x for x in self.live if x[0] != seq)
+                self.live_seqs.discard(seq)
+            self.delivered_pending[seq] = info[1]
+            n += 1
+            if info[2] is not None:
+                latest = info[2] if latest is None else max(latest, info[2])
+        self.confirmed_frames += n
+        self.delivered_frames += n
+        if latest is not None:
+            due = now + self.overtaken_grace_s
+            self.outbox.expedite(latest - self.overtaken_grace_s, due)
+            self.next_due = min(self.next_due, due)
+        if n:
+            self.pump()
 
     # -- deletions -----------------------------------------------------------------
     def take_delivered(self) -> list[tuple[int, int]]:
@@ -137,6 +223,12 @@ class Dispatcher:
     def pump(self) -> None:
         if self.gen is None or self.transport is None:
             return
+        now = self._clock()
+        if now >= self.next_due and not self.outbox.pending_marks:
+            # Frames waiting for a resend became due: scan the backlog from the start.
+            self.cursor = 0
+            nd = self.outbox.next_due(now)
+            self.next_due = math.inf if nd is None else nd
         durable = self.outbox.durable_seq
         out: list[tuple[int, bytes]] = []
         inflight = self.inflight
@@ -148,7 +240,7 @@ class Dispatcher:
         backlog_limit = self.max_inflight - self.live_reserve
         while len(inflight) < backlog_limit and self.cursor < durable:
             rows = self.outbox.fetch_after(self.cursor, backlog_limit - len(inflight) + 8,
-                                           durable)
+                                           durable, now)
             if not rows:
                 self.cursor = durable
                 break
@@ -171,6 +263,9 @@ class Dispatcher:
             "sent_frames": self.sent_frames,
             "delivered_frames": self.delivered_frames,
             "backlog_frames_sent": self.backlog_sent,
+            "confirm": self.confirm,
+            "confirmed_frames": self.confirmed_frames,
+            "unrouted_frames": self.unrouted_frames,
         }
 
 

@@ -14,9 +14,15 @@ Durability contract (docs/agent.md, "Durability"):
   then lose frames already sent and re-use their sequence numbers (the central side
   reports a ``sequence_reset``). A process crash (kill -9) loses nothing in any mode:
   committed pages are in the kernel's cache.
-* A frame is deleted only when the uplink reports it delivered (broker PUBACK, or fsync
-  of the export file). Deletions are not fsynced on their own: losing one to a power cut
-  means a frame is sent twice, which QoS 1 allows and the chain tracker recognises.
+* A frame is deleted only when it is confirmed delivered: by the ingest's end-to-end
+  acknowledgement naming its sequence number and hash (docs/acks.md; the default), by
+  the broker's PUBACK with reason "success" when the site is configured so (``confirm:
+  broker``; "no matching subscribers" is never a delivery), or by the fsync of the
+  export file. A frame the broker accepted but the ingest has not confirmed stays, with
+  the time it was sent and when it is due to be sent again (``sent``, ``due``,
+  ``attempts``): see :meth:`Outbox.mark_published`. Deletions and these marks are not
+  fsynced on their own: losing one to a power cut means a frame is sent twice, which
+  QoS 1 allows and the chain tracker recognises.
 * The queue is bounded by bytes (payload plus a fixed per-row estimate) and by age. When
   either bound is exceeded, the oldest frames not currently in flight are removed in the
   same transaction that stores a frame carrying a signed ``data_dropped`` event per
@@ -39,7 +45,7 @@ from stationseal.chain import MAX_DROP_SPAN
 from stationseal.frame import ZERO_HASH
 from stationseal.records import Event
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Bytes a row costs beyond its payload (hash, integers, b-tree cell): counted against
 #: ``max_bytes`` so a queue of tiny frames is bounded too.
 ROW_OVERHEAD = 64
@@ -60,9 +66,17 @@ CREATE TABLE IF NOT EXISTS frames (
     created REAL NOT NULL,
     readings INTEGER NOT NULL,
     hash BLOB NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    sent REAL,
+    due REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 """
+
+#: Columns of ``frames`` added in schema version 2 (end-to-end confirmation).
+_V2_COLUMNS = (("sent", "REAL"), ("due", "REAL"), ("attempts", "INTEGER NOT NULL DEFAULT 0"))
+#: Resend back-off doubles per attempt up to this many doublings.
+MAX_DOUBLINGS = 6
 
 
 class OutboxError(Exception):
@@ -168,10 +182,14 @@ class Outbox:
         # page cache does (the default would take 2 MB of the gateway's RAM).
         db.execute("PRAGMA cache_size=-256")
         ver = db.execute("PRAGMA user_version").fetchone()[0]
-        if ver not in (0, SCHEMA_VERSION):
+        if ver not in (0, 1, SCHEMA_VERSION):
             raise OutboxError(f"{self.path}: schema version {ver} is newer than this agent "
                               f"({SCHEMA_VERSION})")
         db.executescript(_SCHEMA)
+        have = {r[1] for r in db.execute("PRAGMA table_info(frames)")}
+        for name, decl in _V2_COLUMNS:
+            if name not in have:  # an outbox written by a version-1 agent
+                db.execute(f"ALTER TABLE frames ADD COLUMN {name} {decl}")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         row = db.execute(
             "SELECT gateway_id, seq, last_hash, boot_id, dropped_frames, dropped_readings "
@@ -189,6 +207,11 @@ class Outbox:
                 "a gateway's chain must never continue under another identity"
             )
         self.gateway_id = gateway_id
+        #: Sending state changes not yet written, applied with the next transaction:
+        #: seq -> (sent time or None, base delay before the frame is due again).
+        self._marks: dict[int, tuple[float | None, float]] = {}
+        #: (sent before, due): frames overtaken by a confirmed later one, due soon.
+        self._expedite: tuple[float, float] | None = None
         self.seq: int = int(row[1])
         self.last_hash: bytes = bytes(row[2])
         self.previous_boot_id: bytes | None = None if row[3] is None else bytes(row[3])
@@ -241,6 +264,7 @@ class Outbox:
             db.execute("BEGIN IMMEDIATE")
             try:
                 gone = self._delete_delivered(delivered)
+                self._apply_marks()
                 dropped_frames = dropped_readings = dropped_bytes = 0
                 for r in drops:
                     db.execute("DELETE FROM frames WHERE seq BETWEEN ? AND ?",
@@ -279,17 +303,20 @@ class Outbox:
     def _delete_delivered(self, delivered: Iterable[tuple[int, int]]) -> tuple[int, int]:
         n = b = 0
         for seq, size in delivered:
+            self._marks.pop(seq, None)
             if self._db.execute("DELETE FROM frames WHERE seq = ?", (seq,)).rowcount:
                 n += 1
                 b += size + ROW_OVERHEAD
         return n, b
 
     def delete_delivered(self, delivered: Iterable[tuple[int, int]]) -> None:
-        """Remove delivered frames when no frame is being sealed to carry the deletion."""
+        """Remove delivered frames (and write pending sending marks) when no frame is
+        being sealed to carry them."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             n, b = self._delete_delivered(delivered)
+            self._apply_marks()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -311,6 +338,67 @@ class Outbox:
                                                   else "NORMAL"))
         self.durable_seq = self.seq
         self._last_sync = time.monotonic()
+
+    # -- sending state (end-to-end confirmation) -------------------------------------
+    def mark_published(self, seq: int, now: float, timeout_s: float) -> None:
+        """The broker accepted frame ``seq`` (PUBACK "success") and the ingest has not
+        confirmed it yet: it is not sent again before ``timeout_s * 2**attempts`` (or
+        sooner, when a later frame is confirmed first: :meth:`expedite`)."""
+        self._marks[seq] = (now, timeout_s)
+
+    def mark_unrouted(self, seq: int, now: float, retry_s: float) -> None:
+        """The broker had no subscriber for frame ``seq`` (PUBACK 0x10): nobody holds it;
+        it is due again after ``retry_s * 2**attempts``."""
+        self._marks[seq] = (None, retry_s)
+
+    def expedite(self, sent_before: float, due: float) -> None:
+        """Frames sent before ``sent_before`` and still unconfirmed were overtaken by a
+        confirmed later frame: the ingest sees one gateway's frames in order, so they
+        (or their confirmations) were lost; due again at ``due``."""
+        cur = self._expedite
+        self._expedite = (max(sent_before, cur[0]) if cur else sent_before,
+                          min(due, cur[1]) if cur else due)
+
+    @property
+    def pending_marks(self) -> bool:
+        return bool(self._marks) or self._expedite is not None
+
+    def _apply_marks(self) -> None:
+        """Inside the caller's transaction."""
+        db = self._db
+        now = time.time()
+        for seq, (sent, delay) in self._marks.items():
+            db.execute(
+                "UPDATE frames SET sent = ?, due = ? + ? * (1 << min(attempts, ?)), "
+                "attempts = attempts + 1 WHERE seq = ?",
+                (sent, now if sent is None else sent, delay, MAX_DOUBLINGS, seq))
+        self._marks.clear()
+        if self._expedite is not None:
+            before, due = self._expedite
+            db.execute("UPDATE frames SET due = ? WHERE sent IS NOT NULL AND sent < ? "
+                       "AND (due IS NULL OR due > ?)", (due, before, due))
+            self._expedite = None
+
+    def lookup(self, seq: int) -> tuple[bytes, int, float | None] | None:
+        """(frame hash, payload length, time the broker accepted it) of a stored frame."""
+        row = self._db.execute("SELECT hash, length(payload), sent FROM frames WHERE seq = ?",
+                               (seq,)).fetchone()
+        if row is None:
+            return None
+        mark = self._marks.get(seq)
+        sent = mark[0] if mark is not None else (None if row[2] is None else float(row[2]))
+        return bytes(row[0]), int(row[1]), sent
+
+    def next_due(self, now: float) -> float | None:
+        """Earliest time a frame waiting for its resend becomes due (after ``now``)."""
+        row = self._db.execute("SELECT min(due) FROM frames WHERE due > ?", (now,)).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def awaiting(self) -> int:
+        """Frames the broker accepted that the ingest has not confirmed yet."""
+        n = int(self._db.execute("SELECT count(*) FROM frames WHERE sent IS NOT NULL"
+                                 ).fetchone()[0])
+        return n + sum(1 for s, _ in self._marks.values() if s is not None)
 
     # -- bounds --------------------------------------------------------------------
     def plan_drops(
@@ -365,16 +453,22 @@ class Outbox:
         return runs
 
     # -- reading -------------------------------------------------------------------
-    def fetch_after(self, after_seq: int, limit: int, up_to: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` stored frames with ``after_seq < seq <= up_to``, oldest first."""
-        return [
-            (int(s), bytes(p))
-            for s, p in self._db.execute(
+    def fetch_after(self, after_seq: int, limit: int, up_to: int,
+                    now: float | None = None) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` stored frames with ``after_seq < seq <= up_to``, oldest first;
+        with ``now``, only those due to be sent (never sent, or their resend time has
+        come) and not just marked."""
+        if now is None:
+            rows = self._db.execute(
                 "SELECT seq, payload FROM frames WHERE seq > ? AND seq <= ? ORDER BY seq "
-                "LIMIT ?",
-                (after_seq, up_to, limit),
-            )
-        ]
+                "LIMIT ?", (after_seq, up_to, limit))
+        else:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM frames WHERE seq > ? AND seq <= ? "
+                "AND (due IS NULL OR due <= ?) ORDER BY seq LIMIT ?",
+                (after_seq, up_to, now, limit + len(self._marks)))
+        marks = self._marks
+        return [(int(s), bytes(p)) for s, p in rows if int(s) not in marks][:limit]
 
     def oldest_created(self) -> float | None:
         row = self._db.execute("SELECT created FROM frames ORDER BY seq LIMIT 1").fetchone()

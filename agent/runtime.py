@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -68,6 +69,15 @@ class RuntimeOptions:
     clock_jump_s: float = 0.5
     #: Delivered frames are deleted with the next sealed frame, or after this long.
     delete_after_s: float = 2.0
+    #: What deletes a frame from the outbox (docs/acks.md): "ingest" (its end-to-end
+    #: acknowledgement; site configs default to it) or "broker" (PUBACK "success").
+    confirm: str = "broker"
+    #: A frame the broker accepted and the ingest has not confirmed is sent again after
+    #: this long (doubling per attempt), or sooner once a later frame is confirmed.
+    confirm_timeout_s: float = 900.0
+    #: A frame the broker had no subscriber for (PUBACK 0x10) is sent again after this
+    #: long (doubling per attempt).
+    unrouted_retry_s: float = 5.0
 
 
 def config_hash(cfg: SiteConfig) -> str:
@@ -157,6 +167,9 @@ class Agent:
             uplink = FileUplink(type="file", path=Path(output[5:]).resolve())
         signer = make_signer(cfg)
         gw = cfg.gateway_id
+        if isinstance(uplink, MqttUplink):
+            options = dataclasses.replace(options, confirm=uplink.confirm,
+                                          confirm_timeout_s=uplink.confirm_timeout_s)
 
         def transport(birth: dict[str, Any]) -> Transport:
             if isinstance(uplink, FileUplink):
@@ -177,6 +190,8 @@ class Agent:
                 backoff_min_s=options.reconnect_min_s, backoff_max_s=options.reconnect_max_s,
                 connect_timeout_s=options.connect_timeout_s,
                 ack_timeout_s=options.ack_timeout_s,
+                acks_topic=f"{prefix}/{gw}/acks" if uplink.confirm == "ingest" else None,
+                session_expiry_s=uplink.session_expiry_s,
             )
 
         if uplink.type == "mqtt" and uplink.tls is None:
@@ -209,8 +224,11 @@ class Agent:
             sync={"batch": "full", "interval": "normal", "off": "off"}[oc.fsync],
             sync_interval_s=oc.fsync_interval_s,
         )
-        self.dispatcher = Dispatcher(self.outbox, max_inflight=self.options.max_inflight,
-                                     live_reserve=self.options.live_reserve)
+        o = self.options
+        self.dispatcher = Dispatcher(self.outbox, max_inflight=o.max_inflight,
+                                     live_reserve=o.live_reserve, confirm=o.confirm,
+                                     confirm_timeout_s=o.confirm_timeout_s,
+                                     retry_s=o.unrouted_retry_s)
         self.sealer = Sealer(
             self.signer, self.outbox, gateway_id=self.gateway_id, site=self.site,
             max_readings=oc.batch_max_readings, max_delay_s=oc.batch_max_ms / 1000,
@@ -373,10 +391,12 @@ class Agent:
             if outbox.sync_due():
                 outbox.sync()
                 disp.pump()
-            if disp.delivered_pending and (
+            if (disp.delivered_pending or outbox.pending_marks) and (
                 time.monotonic() - self._last_sealed >= self.options.delete_after_s
             ):
                 self._delete_delivered()
+            if disp.next_due <= time.time():
+                disp.pump()  # frames waiting for a resend became due
             d = sealer.deadline()
             wait = idle if d is None else min(idle, d - time.monotonic())
             await asyncio.sleep(max(wait, 0.0))
@@ -384,7 +404,7 @@ class Agent:
     def _delete_delivered(self) -> None:
         assert self.outbox is not None and self.dispatcher is not None
         items = self.dispatcher.take_delivered()
-        if not items:
+        if not items and not self.outbox.pending_marks:
             return
         try:
             self.outbox.delete_delivered(items)
@@ -435,6 +455,7 @@ class Agent:
         ob["max_bytes"] = self.outbox.max_bytes
         ob["max_age_s"] = self.outbox.max_age_s
         ob["pending_readings"] = self.sealer.pending_readings
+        ob["awaiting_confirmation"] = self.outbox.awaiting()
         return {
             "schema": STATUS_SCHEMA,
             "gateway_id": self.gateway_id,

@@ -19,11 +19,19 @@ MQTT specifics, checked against paho-mqtt 2.2's source:
   time in ``[min, min(max, min * 2**attempt)]`` ("full jitter") between attempts.
 * MQTT 5 is used because its PUBACK carries a reason code: Mosquitto answers a publish
   the ACL refuses with 0x87 "not authorized" instead of 3.1.1's silent success, so a
-  refused frame stays in the outbox instead of being deleted as delivered. Brokers
-  without MQTT 5 (NATS 2.9) get 3.1.1 (``protocol="3.1.1"``, or ``"auto"``, which
-  falls back when the broker answers "unsupported protocol version"); there a publish
-  the broker's permissions refuse is acknowledged like any other, and the gap it leaves
-  in the chain is what the ingest reports.
+  refused frame stays in the outbox instead of being deleted as delivered, and a
+  publish nobody subscribed to with 0x10 "no matching subscribers", which is not a
+  delivery either (the broker dropped it): reported as ``unrouted``, kept, sent again
+  later. Brokers without MQTT 5 (NATS 2.9) get 3.1.1 (``protocol="3.1.1"``, or
+  ``"auto"``, which falls back when the broker answers "unsupported protocol version");
+  there a publish the broker's permissions refuse is acknowledged like any other, and
+  the gap it leaves in the chain is what the ingest reports (with ``confirm: ingest``
+  the frame is not deleted either: no acknowledgement comes).
+* With ``acks_topic`` set the session subscribes to the ingest's end-to-end
+  acknowledgements (docs/acks.md) with a persistent session (clean start off, expiry
+  ``session_expiry_s``), so acknowledgements published while the gateway is offline wait
+  in the broker for it. PUBACKs are then reported as ``published`` (at the broker), and
+  only the acknowledgements as ``confirmed``.
 * The client is driven with ``loop_read/loop_write/loop_misc`` around our own
   ``select`` (paho's documented external-loop API), all in this one thread; the event
   loop wakes it through a socket pair when it hands over frames.
@@ -50,8 +58,11 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from stationseal.acks import parse_acks
 from stationseal.export import line_for, read_frames
 from stationseal.frame import FrameError, decode, split_payload
 
@@ -170,8 +181,12 @@ class MqttTransport(_Link):
         ack_timeout_s: float = 60.0,
         rng: random.Random | None = None,
         protocol: str = "5",
+        acks_topic: str | None = None,
+        session_expiry_s: int = 86400,
     ) -> None:
         super().__init__()
+        self.acks_topic = acks_topic
+        self.session_expiry_s = session_expiry_s
         self.host = host
         self.port = port
         self.gateway_id = gateway_id
@@ -241,11 +256,12 @@ class MqttTransport(_Link):
         """One connection, from connect to failure. True if it got far enough to count
         as healthy (a delivery acknowledged, or a minute connected), which resets the
         back-off."""
-        s = _Session()
+        s = _Session(self.gateway_id, self.acks_topic)
         v5 = self.protocol == "5"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.gateway_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                             clean_session=None if v5 else True)
+                             # 3.1.1: a persistent session keeps acknowledgements too
+                             clean_session=None if v5 else self.acks_topic is None)
         client.connect_timeout = self.connect_timeout_s
         if self.tls is not None:
             client.tls_set_context(self.tls)
@@ -258,10 +274,17 @@ class MqttTransport(_Link):
         client.on_connect = s.on_connect
         client.on_publish = s.on_publish
         client.on_disconnect = s.on_disconnect
+        client.on_message = s.on_message
         self._set("connecting", reconnect_in_s=None)
+        props: Any = None
+        if self.acks_topic is not None:
+            make: Any = Properties  # untyped in paho
+            props = make(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
         try:
             if v5:
-                client.connect(self.host, self.port, self.keepalive, clean_start=True)
+                client.connect(self.host, self.port, self.keepalive,
+                               clean_start=self.acks_topic is None, properties=props)
             else:
                 client.connect(self.host, self.port, self.keepalive)
         except (OSError, ValueError) as e:
@@ -321,26 +344,45 @@ class MqttTransport(_Link):
                         continue
                     client.publish(self.status_topic, self._status_payload(True), qos=1,
                                    retain=True)
+                    if self.acks_topic is not None:
+                        client.subscribe(self.acks_topic, qos=1)
                     with self._lock:
                         self._state["connects"] += 1
                     self._set("connected", reconnect_in_s=None)
                     gen = self._up()
                     up_since = time.monotonic()
                     log.info("uplink connected to %s:%d", self.host, self.port)
-                if s.acked:
+                if s.acked or s.unrouted:
                     self._deliver(s, mids, gen)
+                if s.confirmed:
+                    items, s.confirmed = s.confirmed, []
+                    self._post("confirmed", items)
                 if s.rejected:
                     m, reason = s.rejected[0]
                     what = f"frame seq {mids[m][0]}" if m in mids else "the status message"
                     error = f"broker refused {what}: {reason}"
                     break
                 now = time.monotonic()
+                too_big: list[int] = []
                 for seq, payload in self._take(gen):
+                    if s.max_packet and len(payload) + len(self.frames_topic) + 16 > \
+                            s.max_packet:
+                        # The broker would disconnect us, and we would resend it after
+                        # every reconnect: keep it in the outbox instead, and say so.
+                        too_big.append(seq)
+                        continue
                     info = client.publish(self.frames_topic, payload, qos=1)
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         error = f"publish: {mqtt.error_string(info.rc)}"
                         break
                     mids[info.mid] = (seq, now)
+                if too_big:
+                    log.error("frame(s) %s exceed the broker's maximum packet size %d: kept "
+                              "in the outbox, not sent", too_big, s.max_packet)
+                    with self._lock:
+                        self._state["oversize_frames"] = \
+                            self._state.get("oversize_frames", 0) + len(too_big)
+                    self._post("unrouted", gen, too_big)
                 if error:
                     break
                 if mids and now - min(t for _, t in mids.values()) > self.ack_timeout_s:
@@ -357,11 +399,18 @@ class MqttTransport(_Link):
     def _deliver(self, s: _Session, mids: dict[int, tuple[int, float]], gen: int) -> None:
         done = [mids.pop(m)[0] for m in s.acked if m in mids]
         s.acked.clear()
+        unrouted = [mids.pop(m)[0] for m in s.unrouted if m in mids]
+        s.unrouted.clear()
         if done:
             s.healthy = True
             with self._lock:
                 self._state["delivered_frames"] += len(done)
-            self._post("delivered", gen, done)
+            self._post("published", gen, done)
+        if unrouted:
+            with self._lock:
+                self._state["unrouted_frames"] = self._state.get("unrouted_frames", 0) + \
+                    len(unrouted)
+            self._post("unrouted", gen, unrouted)
 
     def _goodbye(self, client: mqtt.Client, sock: Any, s: _Session) -> None:
         """Clean stop: replace the retained birth with "offline" (a clean DISCONNECT
@@ -379,19 +428,26 @@ class MqttTransport(_Link):
             client.loop_write()
 
 
+#: PUBACK reason 0x10: accepted, but no subscription matched, so the broker dropped it.
+NO_MATCHING_SUBSCRIBERS = 0x10
 class _Session:
     """Callback sink of one paho client (runs in the uplink thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway_id: str = "", acks_topic: str | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.acks_topic = acks_topic
         self.connected = False
         self.refused: str | None = None
         self.unsupported_version = False
         self.disconnect_reason: str | None = None
         self.acked: list[int] = []
+        self.unrouted: list[int] = []
+        self.confirmed: list[tuple[int, bytes]] = []
         self.watch: int | None = None  # a status message whose PUBACK is awaited
         self.watch_acked = False
         self.rejected: list[tuple[int, str]] = []
         self.healthy = False
+        self.max_packet = 0
 
     def on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
                    props: Any) -> None:
@@ -401,6 +457,9 @@ class _Session:
             self.unsupported_version = rc.value == 0x84
         else:
             self.connected = True
+            # MQTT 5 CONNACK: the largest packet the broker accepts (it disconnects a
+            # client that sends a bigger one). paho does not check it itself.
+            self.max_packet = int(getattr(props, "MaximumPacketSize", 0) or 0)
 
     def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
                    props: Any) -> None:
@@ -409,8 +468,18 @@ class _Session:
             return
         if rc.is_failure:
             self.rejected.append((mid, str(rc)))
+        elif rc.value == NO_MATCHING_SUBSCRIBERS:
+            self.unrouted.append(mid)
         else:
             self.acked.append(mid)
+
+    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.acks_topic:
+            return
+        try:
+            self.confirmed += parse_acks(bytes(msg.payload), self.gateway_id)
+        except ValueError as e:
+            log.warning("acknowledgement on %s ignored: %s", msg.topic, e)
 
     def on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
                       props: Any) -> None:

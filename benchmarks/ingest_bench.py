@@ -174,11 +174,15 @@ def publish_frames(info: st.StackInfo, frames: dict[str, list[Frame]]) -> None:
 def write_config(info: st.StackInfo, tmp: Path, name: str, workers: int,
                  metrics_port: int, detection: Path | None = None) -> Path:
     influx(info, f'CREATE DATABASE "{name}"')
+    # One broker account per worker: the broker ties client ids (sessions) to accounts.
+    acct = f"ingest-{name}".replace("_", "-")
+    creds = [st.add_ingest_account(info.dir, f"{acct}-{k}") for k in range(workers)]
     cfg: dict[str, Any] = {
         "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port,
-                 "tls": {"ca_file": str(info.ca_file)}, "username": "ingest",
-                 "password_file": str(info.ingest.password_file), "client_id": name,
-                 "receive_maximum": 2000},
+                 "tls": {"ca_file": str(info.ca_file)}, "username": f"{acct}-{{shard}}",
+                 "password_file": str(creds[0].password_file.parent.parent
+                                      / f"{acct}-{{shard}}" / "password"),
+                 "client_id": f"{acct}-{{shard}}", "receive_maximum": 2000},
         "influx": {"url": info.influx_url, "database": name, "batch_lines": 5000,
                    "flush_interval_ms": 200},
         "registry": str(tmp / "registry.json"),

@@ -37,7 +37,12 @@ class Recorder:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                         protocol=mqtt.MQTTv5)
         c.tls_set_context(info.tls_context())
-        c.username_pw_set(info.ingest.username, info.ingest.password())
+        # An account of its own: the broker ties client ids (sessions) to accounts, and
+        # the demo's ingest uses "ingest".
+        from stationseal.stack import add_ingest_account
+
+        cred = add_ingest_account(info.dir, "ingest-demo-recorder")
+        c.username_pw_set(cred.username, cred.password())
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message

@@ -47,12 +47,17 @@ class MQTTConfig(_Strict):
     port: int = Field(default=8883, ge=1, le=65535)
     tls: TLSConfig | None = TLSConfig()
     username: str | None = "ingest"
+    """Broker account. ``{shard}`` is replaced by the worker index: with several workers
+    each needs its own account, because the broker replaces client ids by account names
+    (docs/security.md, "Client ids")."""
     password: str | None = None
     password_file: Path | None = None
+    """May contain ``{shard}`` like ``username``."""
     client_id: str = Field(default="stationseal-ingest", min_length=1, max_length=64)
     """Fixed: the broker keeps the persistent session (subscriptions and queued QoS 1
     frames) under this id while ingest is down. With several workers ``-<index>`` is
-    appended."""
+    appended (or ``{shard}`` replaced). A broker configured as docs/security.md says
+    replaces it by the account name anyway."""
     topic_prefix: str = "stationseal/v1"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -61,6 +66,10 @@ class MQTTConfig(_Strict):
     """Unacknowledged frames the broker may have in flight to this worker: the bound on
     what ingest holds in memory before it stops reading (backpressure)."""
     alerts_qos: Literal[0, 1] = 1
+    acks: bool = True
+    """Publish end-to-end acknowledgements on ``<topic_prefix>/<gateway>/acks`` after each
+    commit (docs/acks.md); gateways configured with ``confirm: ingest`` delete frames
+    only on them."""
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     """Largest payload taken in. A bigger one is never queued: its SHA-256 digest and
     first bytes go to the quarantine (reason ``oversize``). Keep it equal to the broker's
@@ -397,6 +406,17 @@ class IngestConfig(_Strict):
         assert self.registry_authority_fingerprint is not None
         return self.registry_authority_fingerprint
 
+    @model_validator(mode="after")
+    def _worker_accounts(self) -> IngestConfig:
+        if (self.shard.count > 1 and self.shard.mode == "filter" and self.mqtt.username
+                and "{shard}" not in self.mqtt.username):
+            raise ValueError(
+                "mqtt.username: with shard.count > 1 each worker keeps its own persistent "
+                "session, and the broker ties sessions to accounts "
+                "(use_username_as_clientid): use one account per worker, e.g. "
+                "'ingest-{shard}' with password_file '/etc/stationseal/ingest-{shard}.pw'")
+        return self
+
 
 def shard_of(gateway_id: str, count: int) -> int:
     """Stable across processes and Python versions (unlike ``hash()``)."""
@@ -496,7 +516,33 @@ def config_from_stack(info: Any, registry: Path, state_dir: Path, **over: Any) -
             data[k] = {**data[k], **v}
         else:
             data[k] = v
+    if "username" not in (over.get("mqtt") or {}):
+        _stack_account(info, data)
     return parse_config(data, "<stack config>")
+
+
+def _stack_account(info: Any, data: dict[str, Any]) -> None:
+    """The broker ties each session to an account (use_username_as_clientid): a
+    ``client_id`` of the form ``ingest-<name>`` gets an account of that name (created in
+    the stack if missing), and with several filter-mode workers one account per worker
+    (``<name>-<k>``, ``mqtt.username`` / ``password_file`` templates with ``{shard}``)."""
+    from stationseal.stack import INGEST_ACCOUNT_RE, add_ingest_account
+
+    m = data["mqtt"]
+    cid = m.get("client_id")
+    if not isinstance(cid, str) or not INGEST_ACCOUNT_RE.match(cid.replace("{shard}", "0")):
+        return
+    shard = data.get("shard") or {}
+    count = int(shard.get("count", 1)) if isinstance(shard, dict) else 1
+    mode = shard.get("mode", "filter") if isinstance(shard, dict) else "filter"
+    if count > 1 and mode == "filter" and "{shard}" not in cid:
+        cid = f"{cid}-{{shard}}"
+    creds = [add_ingest_account(info.dir, cid.replace("{shard}", str(k)))
+             for k in range(count if "{shard}" in cid else 1)]
+    m["client_id"] = cid
+    m["username"] = cid
+    # clients/<account>/password: a template with {shard} when there are several.
+    m["password_file"] = str(creds[0].password_file.parent.parent / cid / "password")
 
 
 def dump_config(cfg: IngestConfig) -> dict[str, Any]:
@@ -526,7 +572,12 @@ def preflight(cfg: IngestConfig) -> tuple[list[str], list[str]]:
         errs += pf.cert_and_key(m.tls.cert_file, m.tls.key_file, "mqtt.tls.cert_file/key_file")
         if m.tls.key_file is not None:
             warns.append(pf.secret_mode_warning(m.tls.key_file, "mqtt.tls.key_file"))
-    secret(m.password_file, "mqtt.password_file")
+    if m.password_file is not None and "{shard}" in str(m.password_file):
+        for k in range(cfg.shard.count):
+            secret(Path(str(m.password_file).replace("{shard}", str(k))),
+                   f"mqtt.password_file (worker {k})")
+    else:
+        secret(m.password_file, "mqtt.password_file")
     if cfg.nats is not None:
         if cfg.nats.tls is not None and cfg.nats.tls.ca_file is not None:
             errs.append(pf.ca_file(cfg.nats.tls.ca_file, "nats.tls.ca_file"))

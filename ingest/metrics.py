@@ -44,6 +44,11 @@ HELP: dict[str, tuple[str, str]] = {
     "hj212_revisions_total": ("counter", "HJ 212 data re-sent with other values or flags."),
     "series_held_lines_total": ("counter", "Lines held back in the state database because "
                                 "their gateway reached series.max_new_per_gateway_day."),
+    "acks_frames_total": ("counter", "Frames acknowledged end to end to their gateways."),
+    "acks_published_total": ("counter", "Acknowledgement messages published, by broker "
+                             "verdict."),
+    "sessions_lost_total": ("counter", "Reconnects on which the broker no longer had this "
+                            "worker's persistent session (integrity alert raised)."),
     "fatal_errors_total": ("counter", "Worker threads that died (the worker then exits "
                            "non-zero and is restarted)."),
     "disk_free_bytes": ("gauge", "Free bytes on the filesystem of each watched path "

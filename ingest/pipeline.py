@@ -85,6 +85,10 @@ class Batch:
     held: list[tuple[str, str]] = field(default_factory=list)
     #: New series admitted by that cap (key, gateway, time), recorded with the commit.
     series: list[tuple[str, str, float]] = field(default_factory=list)
+    #: Frames whose fate this batch settles for good (gateway, seq, frame hash): stored,
+    #: duplicate, second history or replay. Acknowledged to the gateway end to end once
+    #: the batch is committed (docs/acks.md).
+    settled: list[tuple[str, int, bytes]] = field(default_factory=list)
     messages: int = 0
     frames: int = 0
     readings: int = 0
@@ -273,6 +277,7 @@ class Pipeline:
             # the readings are not stored again, the frame is kept as evidence.
             self._quarantine(topic, payload, received, "replay",
                              f"seq {f.seq} already received", f, integrity=False)
+            b.settled.append((gw, f.seq, f.frame_hash))
             return "replay"
         branch = ""
         if is_new and conflict:
@@ -284,6 +289,7 @@ class Pipeline:
         # costs nothing in the database and guarantees that a frame whose first write
         # was interrupted by a crash is stored.
         b.lines += self.builder.frame_lines(f, branch)
+        b.settled.append((gw, f.seq, f.frame_hash))
         b.frames += 1
         b.readings += f.reading_count
         b.created.append(f.created)

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.alerts import AlertUpdate, JsonlSink, WebhookDelivery
-from ingest.config import IngestConfig, shard_of
+from ingest.config import IngestConfig, _secret, shard_of
 from ingest.custody.service import open_receipt_log
 from ingest.engine_hook import make_engine
 from ingest.inbox import FairInbox
@@ -49,6 +49,7 @@ from ingest.pipeline import Batch, Pipeline, write_archive
 from ingest.series import SeriesGuard
 from ingest.service_events import service_event
 from ingest.store import Digested, QuarantineLimits, Store
+from stationseal.acks import acks_topic, build_acks
 from stationseal.export import gateway_of_topic
 
 log = logging.getLogger("stationseal.ingest")
@@ -62,6 +63,10 @@ _Control = Callable[[Pipeline], None]
 #: Exit code of a worker whose thread died (EX_SOFTWARE): systemd / the supervisor
 #: restart it; whatever it held unacknowledged is redelivered by the broker.
 EXIT_FATAL = 70
+
+
+def _read_secret(path: Path, what: str) -> str | None:
+    return _secret(None, path, what)
 
 
 class Committer:
@@ -174,9 +179,14 @@ class IngestService:
         self.writer_idle = threading.Event()
         self.writer_idle.set()
         self.gen = 0
+        #: Last time this worker was known connected (the broker's session expiry runs
+        #: from the disconnect): persisted in the state database.
+        self._last_seen: float | None = None
         self.connected = threading.Event()
         self.unacked = 0
         self._unacked_lock = threading.Lock()
+        #: packet ids of acknowledgement publishes (told apart from alerts on PUBACK)
+        self._ack_mids: set[int] = set()
         self.last_commit = time.time()
         self.client = self._make_client()
         self._threads: list[threading.Thread] = []
@@ -197,8 +207,24 @@ class IngestService:
     @property
     def client_id(self) -> str:
         base = self.cfg.mqtt.client_id
+        if "{shard}" in base:
+            return base.replace("{shard}", str(self.shard_index))
         return base if self.shard_count == 1 or self.cfg.shard.mode == "shared" \
             else f"{base}-{self.shard_index}"
+
+    @property
+    def username(self) -> str | None:
+        """This worker's broker account: ``mqtt.username`` with ``{shard}`` replaced.
+        The broker ties client ids to accounts (use_username_as_clientid), so workers
+        with persistent sessions of their own need accounts of their own."""
+        u = self.cfg.mqtt.username
+        return None if u is None else u.replace("{shard}", str(self.shard_index))
+
+    @property
+    def session_key(self) -> str:
+        """What the broker keeps the session under: the account (the broker replaces the
+        client id with it) and, for brokers that do not, the client id."""
+        return f"{self.username or ''}|{self.client_id}"
 
     @property
     def topic(self) -> str:
@@ -223,8 +249,14 @@ class IngestService:
             if m.tls.insecure:
                 ctx.check_hostname = False
             c.tls_set_context(ctx)
-        if m.username:
-            c.username_pw_set(m.username, m.resolved_password())
+        if self.username:
+            pw_file = m.password_file
+            if pw_file is not None and "{shard}" in str(pw_file):
+                pw: str | None = _read_secret(Path(str(pw_file).replace(
+                    "{shard}", str(self.shard_index))), "mqtt.password_file")
+            else:
+                pw = m.resolved_password()
+            c.username_pw_set(self.username, pw)
         c.reconnect_delay_set(1, 30)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
@@ -246,12 +278,48 @@ class IngestService:
             return
         self.gen += 1
         self.connected.set()
+        present = bool(flags.session_present)
         log.info("connected to %s:%d as %s (session present: %s)", self.cfg.mqtt.host,
-                 self.cfg.mqtt.port, self.client_id, flags.session_present)
+                 self.cfg.mqtt.port, self.client_id, present)
+        self._check_session(present)
         c.subscribe(self.topic, options=SubscribeOptions(qos=1))
+
+    def _check_session(self, present: bool) -> None:
+        """The broker must still hold this worker's persistent session when it comes
+        back within the session expiry: if CONNACK says it does not, whatever was queued
+        for the ingest meanwhile is gone at the broker (a crash without persistence, a
+        restored backup, another client that connected under the same id with a clean
+        start). Raise an integrity alert: gateways resend what the ingest never
+        confirmed (docs/acks.md), and remaining gaps are reported per gateway."""
+        now = time.time()
+        expiry = self.cfg.mqtt.session_expiry_s
+        last = self.store.mqtt_session(self.session_key)
+        if self.gen > 1 and self._last_seen is not None:
+            last = (expiry, self._last_seen)
+        if last is not None and not present and now - last[1] < last[0]:
+            detail = {"client_id": self.client_id, "username": self.username,
+                      "away_s": round(now - last[1], 1), "expiry_s": last[0]}
+            log.error("the broker lost this worker's persistent session %s (away %.0f s, "
+                      "expiry %d s)", self.session_key, now - last[1], last[0])
+            self.metrics.inc("sessions_lost_total")
+            self.inbox.put_control(lambda p: service_event(
+                p, "mqtt_session_lost", detail, scope=self.session_key, when=now))
+        self._last_seen = now
+        self.store.touch_mqtt_session(self.session_key, expiry, now)
+
+    def _touch_session(self, force: bool = False) -> None:
+        now = time.time()
+        if self.connected.is_set() and (force or self._last_seen is None
+                                         or now - self._last_seen >= 10):
+            self._last_seen = now
+            self.store.touch_mqtt_session(self.session_key, self.cfg.mqtt.session_expiry_s,
+                                          now)
 
     def _on_disconnect(self, c: mqtt.Client, u: Any, flags: Any, rc: Any,
                        props: Any) -> None:
+        if self.connected.is_set():
+            with contextlib.suppress(Exception):
+                self._touch_session(force=True)
         self.connected.clear()
         if not self.stop_event.is_set():
             log.warning("disconnected from broker (%s); reconnecting", rc)
@@ -259,6 +327,13 @@ class IngestService:
     def _on_publish(self, c: mqtt.Client, u: Any, mid: int, rc: Any, props: Any) -> None:
         # MQTT 5 PUBACK reason: a broker ACL refusing the alerts topic shows up here.
         ok = not getattr(rc, "is_failure", False)
+        if mid in self._ack_mids:
+            self._ack_mids.discard(mid)
+            self.metrics.inc("acks_published_total", result="ok" if ok else "refused")
+            if not ok:
+                log.error("broker refused an acknowledgement publish: %s (the ACL must let "
+                          "ingest accounts write <prefix>/+/acks)", rc)
+            return
         self.metrics.inc("alerts_published_total", result="ok" if ok else "refused")
         if not ok:
             log.error("broker refused an alert publish: %s", rc)
@@ -398,8 +473,10 @@ class IngestService:
                     self.client.ack(mid, qos)
             with self._unacked_lock:
                 self.unacked -= len(b.acks)
+            self._publish_acks(b)
             now = time.time()
             self.last_commit = now
+            self._touch_session()
             if b.created:
                 for c in b.created:
                     self.metrics.observe("reading_latency_seconds", max(0.0, now - c))
@@ -408,6 +485,24 @@ class IngestService:
                 self.webhooks.wake.set()
             if self.writer_q.empty():
                 self.writer_idle.set()
+
+    def _publish_acks(self, b: Batch) -> None:
+        """End-to-end acknowledgements (docs/acks.md): after the write and the commit,
+        tell each gateway which of its frames the ingest now holds for good, so it may
+        delete them. Only while connected: a batch committed after its connection died
+        is redelivered by the broker and acknowledged then."""
+        if not self.cfg.mqtt.acks or not b.settled or not self.connected.is_set():
+            return
+        by_gw: dict[str, list[tuple[int, bytes]]] = {}
+        for gw, seq, h in b.settled:
+            by_gw.setdefault(gw, []).append((seq, h))
+        now = time.time()
+        prefix = self.cfg.mqtt.topic_prefix
+        for gw, frames in by_gw.items():
+            for msg in build_acks(gw, frames, when=now, by=self.username or self.client_id):
+                info = self.client.publish(acks_topic(prefix, gw), msg, qos=1)
+                self._ack_mids.add(info.mid)
+            self.metrics.inc("acks_frames_total", len(frames))
 
     def _publish_alerts(self, updates: list[AlertUpdate]) -> None:
         if not self.cfg.alerts.mqtt:

@@ -298,6 +298,19 @@ class Store:
         return self._db().execute(
             "SELECT 1 FROM receipts WHERE gateway_id = ? AND seq = ? AND frame_hash = ? "
             "LIMIT 1", (gateway_id, seq, frame_hash)).fetchone() is not None
+    # -- MQTT session bookkeeping --------------------------------------------------
+    def mqtt_session(self, key: str) -> tuple[int, float] | None:
+        """(session expiry, last time connected) of a worker's broker session."""
+        row = self._db().execute("SELECT expiry_s, last_seen FROM mqtt_session WHERE "
+                                 "client_id = ?", (key,)).fetchone()
+        return None if row is None else (int(row[0]), float(row[1]))
+
+    def touch_mqtt_session(self, key: str, expiry_s: int, now: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO mqtt_session(client_id, expiry_s, last_seen) VALUES "
+                       "(?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET expiry_s = "
+                       "excluded.expiry_s, last_seen = excluded.last_seen",
+                       (key, expiry_s, now))
 
     # -- series -----------------------------------------------------------------------
     def known_series(self, gateway_id: str) -> set[str]:

@@ -98,12 +98,24 @@ def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.2) ->
         time.sleep(interval)
 
 
+def ingest_credential(info: Any, name: str) -> Any:
+    """The ingest-role account a test's persistent session lives under: ``name`` itself
+    if it is of the form ``ingest-<x>`` (created if missing), else ``ingest``. The broker
+    ties client ids to accounts, so concurrent sessions need accounts of their own."""
+    from stationseal.stack import INGEST_ACCOUNT_RE, add_ingest_account
+
+    if INGEST_ACCOUNT_RE.match(name):
+        return add_ingest_account(info.dir, name)
+    return info.ingest
+
+
 def drop_session(info: Any, client_id: str) -> None:
     """Connect once with a clean start and session expiry 0, so the broker forgets the
     persistent session (and stops queueing every later test's frames for it)."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.tls_set_context(info.tls_context())
-    c.username_pw_set(info.ingest.username, info.ingest.password())
+    cred = ingest_credential(info, client_id)
+    c.username_pw_set(cred.username, cred.password())
     make: Any = Properties
     props = make(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0

@@ -88,7 +88,10 @@ def file_agent(tmp: Path, signer: Signer, gateway_id: str, instruments: list[Any
 def mqtt_agent(tmp: Path, signer: Signer, info: StackInfo, cred: Credential,
                instruments: list[Any], *, mtls: bool = False,
                options: RuntimeOptions | None = None, **outbox_kw: Any) -> Agent:
+    """An agent publishing to the stack's broker; ``options.confirm == "ingest"`` makes it
+    subscribe to its acknowledgements and delete frames only on them (docs/acks.md)."""
     gw = cred.username
+    acks = options is not None and options.confirm == "ingest"
 
     def transport(birth: dict[str, Any]) -> MqttTransport:
         return MqttTransport(
@@ -98,6 +101,7 @@ def mqtt_agent(tmp: Path, signer: Signer, info: StackInfo, cred: Credential,
             tls=info.tls_context(cred if mtls else None),
             username=None if mtls else gw, password=None if mtls else cred.password(),
             keepalive=10, backoff_min_s=0.2, backoff_max_s=2.0,
+            acks_topic=info.topic(gw, "acks") if acks else None,
         )
 
     return Agent(
@@ -122,7 +126,11 @@ class FrameCollector:
                         clean_session=False, protocol=mqtt.MQTTv311)
         c.reconnect_delay_set(1, 1)
         c.tls_set_context(info.tls_context())
-        c.username_pw_set(info.ingest.username, info.ingest.password())
+        # Its own account: the broker ties client ids (and so sessions) to accounts.
+        from stationseal.stack import add_ingest_account
+
+        cred = add_ingest_account(info.dir, f"ingest-{client_id}")
+        c.username_pw_set(cred.username, cred.password())
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = lambda *a: self._subscribed.set()
