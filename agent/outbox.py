@@ -208,8 +208,8 @@ class Outbox:
             )
         self.gateway_id = gateway_id
         #: Sending state changes not yet written, applied with the next transaction:
-        #: seq -> (sent time or None, base delay before the frame is due again).
-        self._marks: dict[int, tuple[float | None, float]] = {}
+        #: seq -> (sent time or None, time of the mark, base delay before it is due).
+        self._marks: dict[int, tuple[float | None, float, float]] = {}
         #: (sent before, due): frames overtaken by a confirmed later one, due soon.
         self._expedite: tuple[float, float] | None = None
         self.seq: int = int(row[1])
@@ -344,12 +344,12 @@ class Outbox:
         """The broker accepted frame ``seq`` (PUBACK "success") and the ingest has not
         confirmed it yet: it is not sent again before ``timeout_s * 2**attempts`` (or
         sooner, when a later frame is confirmed first: :meth:`expedite`)."""
-        self._marks[seq] = (now, timeout_s)
+        self._marks[seq] = (now, now, timeout_s)
 
     def mark_unrouted(self, seq: int, now: float, retry_s: float) -> None:
         """The broker had no subscriber for frame ``seq`` (PUBACK 0x10): nobody holds it;
         it is due again after ``retry_s * 2**attempts``."""
-        self._marks[seq] = (None, retry_s)
+        self._marks[seq] = (None, now, retry_s)
 
     def expedite(self, sent_before: float, due: float) -> None:
         """Frames sent before ``sent_before`` and still unconfirmed were overtaken by a
@@ -366,12 +366,11 @@ class Outbox:
     def _apply_marks(self) -> None:
         """Inside the caller's transaction."""
         db = self._db
-        now = time.time()
-        for seq, (sent, delay) in self._marks.items():
+        for seq, (sent, at, delay) in self._marks.items():
             db.execute(
                 "UPDATE frames SET sent = ?, due = ? + ? * (1 << min(attempts, ?)), "
                 "attempts = attempts + 1 WHERE seq = ?",
-                (sent, now if sent is None else sent, delay, MAX_DOUBLINGS, seq))
+                (sent, at, delay, MAX_DOUBLINGS, seq))
         self._marks.clear()
         if self._expedite is not None:
             before, due = self._expedite
@@ -398,7 +397,7 @@ class Outbox:
         """Frames the broker accepted that the ingest has not confirmed yet."""
         n = int(self._db.execute("SELECT count(*) FROM frames WHERE sent IS NOT NULL"
                                  ).fetchone()[0])
-        return n + sum(1 for s, _ in self._marks.values() if s is not None)
+        return n + sum(1 for m in self._marks.values() if m[0] is not None)
 
     # -- bounds --------------------------------------------------------------------
     def plan_drops(

@@ -514,6 +514,7 @@ class IngestService:
     # -- lifecycle ------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         influx_ok = self.committer.writer.up
+        self.check_threads()
         threads_ok = all(t.is_alive() for t in self._threads) or self.stop_event.is_set()
         ok = (self.connected.is_set() and influx_ok and threads_ok and self.fatal is None
               and not self.stop_event.is_set())
@@ -568,7 +569,7 @@ class IngestService:
                                                 self.metrics.render, self.health,
                                                 EvidenceServer(self.cfg)).start()
         for name, fn in (("processor", self._processor), ("writer", self._writer),
-                         ("disk-watch", self._disk_watch)):
+                         ("watchdog", self._disk_watch)):
             t = threading.Thread(target=self._guarded(name, fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -630,10 +631,37 @@ class IngestService:
         self.inbox.put_control(
             lambda p: service_event(p, kind, detail, scope=path, when=now))
 
+    def _other_threads(self) -> dict[str, threading.Thread | None]:
+        """Threads started by others (paho, webhooks, HJ 212, metrics): watched too."""
+        out: dict[str, threading.Thread | None] = {
+            "mqtt network": getattr(self.client, "_thread", None),
+            "webhooks": getattr(self.webhooks, "_thread", None),
+        }
+        if self.hj212 is not None:
+            out["hj212 listener"] = getattr(self.hj212, "_thread", None)
+        if self.metrics_server is not None:
+            out["metrics"] = getattr(self.metrics_server, "_thread", None)
+        return out
+
+    def check_threads(self) -> None:
+        """Any thread of the worker that ended while the worker runs stops the worker
+        (health false, exit code 70): a half-working ingest is worse than a restart."""
+        if self.stop_event.is_set():
+            return
+        for name, t in self._other_threads().items():
+            if t is not None and t.ident is not None and not t.is_alive():
+                self._fail(f"thread {name} ended unexpectedly")
+                return
+
     def _disk_watch(self) -> None:
+        interval = min(self.cfg.disk.check_interval_s, 2.0)
+        last_disk = 0.0
         while not self.stop_event.is_set():
-            self.check_disk()
-            self.stop_event.wait(self.cfg.disk.check_interval_s)
+            self.check_threads()
+            if time.monotonic() - last_disk >= self.cfg.disk.check_interval_s:
+                last_disk = time.monotonic()
+                self.check_disk()
+            self.stop_event.wait(interval)
 
     @property
     def metrics_port(self) -> int | None:

@@ -256,6 +256,28 @@ def test_dead_worker_thread_turns_health_false_and_stops(stack: StackInfo,
 
 
 @pytest.mark.stack
+def test_any_thread_ending_stops_the_worker(stack: StackInfo, tmp_path: Path) -> None:
+    reg = KeyRegistry()
+    reg.save(tmp_path / "registry.json")
+    cid = "ingest-test-threads"
+    svc = _svc(stack, tmp_path, tmp_path / "registry.json", "t_threads", cid)
+    try:
+        assert wait_for(lambda: svc.health()["ok"] is True, 10)
+        svc.check_threads()
+        assert svc.fatal is None  # all alive: nothing to say
+        done = threading.Thread(target=lambda: None)
+        done.start()
+        done.join()
+        svc.webhooks._thread = done  # the webhook thread "ended"
+        h = svc.health()
+        assert h["ok"] is False and "webhooks" in h["fatal"]
+        assert svc.stop_event.is_set()
+    finally:
+        svc.stop()
+        drop_session(stack, cid)
+
+
+@pytest.mark.stack
 def test_low_disk_raises_one_alert_and_one_recovery(stack: StackInfo,
                                                     tmp_path: Path) -> None:
     reg = KeyRegistry()
