@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from ingest_support import Gateway  # noqa: E402
 
-from stationseal import stack as st  # noqa: E402
+from stack import manager as st  # noqa: E402
 from stationseal.keys import KeyRegistry  # noqa: E402
 
 GOOD = ("gw-good-1", "gw-good-2", "gw-good-3")

@@ -39,7 +39,7 @@ class Recorder:
         c.tls_set_context(info.tls_context())
         # An account of its own: the broker ties client ids (sessions) to accounts, and
         # the demo's ingest uses "ingest".
-        from stationseal.stack import add_ingest_account
+        from stack.manager import add_ingest_account
 
         cred = add_ingest_account(info.dir, "ingest-demo-recorder")
         c.username_pw_set(cred.username, cred.password())

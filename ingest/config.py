@@ -526,7 +526,7 @@ def _stack_account(info: Any, data: dict[str, Any]) -> None:
     ``client_id`` of the form ``ingest-<name>`` gets an account of that name (created in
     the stack if missing), and with several filter-mode workers one account per worker
     (``<name>-<k>``, ``mqtt.username`` / ``password_file`` templates with ``{shard}``)."""
-    from stationseal.stack import INGEST_ACCOUNT_RE, add_ingest_account
+    from stack.manager import INGEST_ACCOUNT_RE, add_ingest_account
 
     m = data["mqtt"]
     cid = m.get("client_id")

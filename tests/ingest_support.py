@@ -102,7 +102,7 @@ def ingest_credential(info: Any, name: str) -> Any:
     """The ingest-role account a test's persistent session lives under: ``name`` itself
     if it is of the form ``ingest-<x>`` (created if missing), else ``ingest``. The broker
     ties client ids to accounts, so concurrent sessions need accounts of their own."""
-    from stationseal.stack import INGEST_ACCOUNT_RE, add_ingest_account
+    from stack.manager import INGEST_ACCOUNT_RE, add_ingest_account
 
     if INGEST_ACCOUNT_RE.match(name):
         return add_ingest_account(info.dir, name)

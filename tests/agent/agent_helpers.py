@@ -127,7 +127,7 @@ class FrameCollector:
         c.reconnect_delay_set(1, 1)
         c.tls_set_context(info.tls_context())
         # Its own account: the broker ties client ids (and so sessions) to accounts.
-        from stationseal.stack import add_ingest_account
+        from stack.manager import add_ingest_account
 
         cred = add_ingest_account(info.dir, f"ingest-{client_id}")
         c.username_pw_set(cred.username, cred.password())

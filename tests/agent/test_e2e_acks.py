@@ -28,7 +28,7 @@ from ingest_support import create_db, drop_session, influx_query, wait_for
 from agent.runtime import Agent, RuntimeOptions
 from ingest.config import config_from_stack
 from ingest.service import IngestService
-from stationseal.stack import Credential, StackInfo, start_component, stop_component
+from stack.manager import Credential, StackInfo, start_component, stop_component
 
 pytestmark = pytest.mark.stack
 
