@@ -408,8 +408,8 @@ class IngestConfig(_Strict):
 
     @model_validator(mode="after")
     def _worker_accounts(self) -> IngestConfig:
-        if (self.shard.count > 1 and self.shard.mode == "filter" and self.mqtt.username
-                and "{shard}" not in self.mqtt.username):
+        if (self.shard.count > 1 and self.shard.mode == "filter" and self.nats is None
+                and self.mqtt.username and "{shard}" not in self.mqtt.username):
             raise ValueError(
                 "mqtt.username: with shard.count > 1 each worker keeps its own persistent "
                 "session, and the broker ties sessions to accounts "
@@ -526,16 +526,19 @@ def _stack_account(info: Any, data: dict[str, Any]) -> None:
     ``client_id`` of the form ``ingest-<name>`` gets an account of that name (created in
     the stack if missing), and with several filter-mode workers one account per worker
     (``<name>-<k>``, ``mqtt.username`` / ``password_file`` templates with ``{shard}``)."""
-    from stack.manager import INGEST_ACCOUNT_RE, add_ingest_account
+    from stack.manager import INGEST_ACCOUNT_RE, INGEST_USER, add_ingest_account
 
     m = data["mqtt"]
     cid = m.get("client_id")
-    if not isinstance(cid, str) or not INGEST_ACCOUNT_RE.match(cid.replace("{shard}", "0")):
-        return
     shard = data.get("shard") or {}
     count = int(shard.get("count", 1)) if isinstance(shard, dict) else 1
     mode = shard.get("mode", "filter") if isinstance(shard, dict) else "filter"
-    if count > 1 and mode == "filter" and "{shard}" not in cid:
+    several = count > 1 and mode == "filter" and not data.get("nats")
+    if not isinstance(cid, str) or not INGEST_ACCOUNT_RE.match(cid.replace("{shard}", "0")):
+        if not several or getattr(info, "dir", None) is None:
+            return
+        cid = INGEST_USER  # several workers need accounts of their own: ingest-<k>
+    if several and "{shard}" not in cid:
         cid = f"{cid}-{{shard}}"
     creds = [add_ingest_account(info.dir, cid.replace("{shard}", str(k)))
              for k in range(count if "{shard}" in cid else 1)]

@@ -501,7 +501,9 @@ class IngestService:
         for gw, frames in by_gw.items():
             for msg in build_acks(gw, frames, when=now, by=self.username or self.client_id):
                 info = self.client.publish(acks_topic(prefix, gw), msg, qos=1)
-                self._ack_mids.add(info.mid)
+                mid = getattr(info, "mid", None)  # None on the NATS link (no PUBACK)
+                if mid is not None:
+                    self._ack_mids.add(mid)
             self.metrics.inc("acks_frames_total", len(frames))
 
     def _publish_alerts(self, updates: list[AlertUpdate]) -> None:
