@@ -13,18 +13,14 @@ from typing import Any
 
 
 def build_all(out: Path) -> dict[str, Any]:
-    import argparse
-
-    from evidence.build_cli import sources
+    from evidence.build_cli import sources_for
     from evidence.package import BuildError, build
     from evidence.verify import verify_package
+    from ingest.config import load_config
 
     dest = out / "evidence"
     dest.mkdir(parents=True, exist_ok=True)
-    ns = argparse.Namespace(config=str(out / "config" / "central.yaml"), alerts=None,
-                            frames=None, registry=None, sites=None, params=None, key=None,
-                            central_public_key=None)
-    src = sources(ns)
+    src = sources_for(load_config(out / "config" / "central.yaml"))
     pub = (out / "keys" / "central.pub.pem").read_bytes()
     items: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -37,7 +33,7 @@ def build_all(out: Path) -> dict[str, Any]:
             item.update({"built": False, "error": str(e)})
             items.append(item)
             continue
-        rep = verify_package(dest / safe, pub)
+        rep = verify_package(dest / safe, pub, str(out / "registry-authority.pub.pem"))
         item.update({"built": True, "frames": res.frames, "records": res.records,
                      "build_seconds": round(res.seconds, 2),
                      "verdict": "ACCEPTED" if rep.ok else "REJECTED",
@@ -46,7 +42,8 @@ def build_all(out: Path) -> dict[str, Any]:
     summary = {
         "command": "stationseal evidence build --all --config config/central.yaml "
                    "--out evidence; stationseal evidence verify evidence/<ID> "
-                   "--central-key keys/central.pub.pem",
+                   "--central-key keys/central.pub.pem "
+                   "--registry-authority registry-authority.pub.pem",
         "packages": len(items),
         "accepted": sum(1 for i in items if i.get("verdict") == "ACCEPTED"),
         "seconds": round(time.monotonic() - t0, 1),

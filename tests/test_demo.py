@@ -143,7 +143,7 @@ def test_demo_builds_an_accepted_evidence_package_for_every_alert(
     pub = (out / "keys" / "central.pub.pem").read_bytes()
     for item in index["items"]:
         pkg = out / item["package"]
-        assert verify_package(pkg, pub).ok, item
+        assert verify_package(pkg, pub, str(out / "registry-authority.pub.pem")).ok, item
         alert = json.loads((pkg / "alert.json").read_text())
         check_pages_and_plots(pkg, [str(alert["rule"]), alert["summary_zh"][:6],
                                     alert["summary_en"][:20]])
