@@ -192,6 +192,7 @@ class Agent:
                 ack_timeout_s=options.ack_timeout_s,
                 acks_topic=f"{prefix}/{gw}/acks" if uplink.confirm == "ingest" else None,
                 session_expiry_s=uplink.session_expiry_s,
+                checkpoint_path=Path(cfg.outbox.path).with_name("central-checkpoint.json"),
             )
 
         if uplink.type == "mqtt" and uplink.tls is None:

@@ -183,9 +183,13 @@ class MqttTransport(_Link):
         protocol: str = "5",
         acks_topic: str | None = None,
         session_expiry_s: int = 86400,
+        checkpoint_path: Path | None = None,
     ) -> None:
         super().__init__()
         self.acks_topic = acks_topic
+        #: Where the latest central checkpoint riding on the acknowledgements is kept
+        #: (agent/checkpoint.py, docs/evidence.md §3).
+        self.checkpoint_path = checkpoint_path
         self.session_expiry_s = session_expiry_s
         self.host = host
         self.port = port
@@ -256,7 +260,7 @@ class MqttTransport(_Link):
         """One connection, from connect to failure. True if it got far enough to count
         as healthy (a delivery acknowledged, or a minute connected), which resets the
         back-off."""
-        s = _Session(self.gateway_id, self.acks_topic)
+        s = _Session(self.gateway_id, self.acks_topic, self.checkpoint_path)
         v5 = self.protocol == "5"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.gateway_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -433,9 +437,11 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 class _Session:
     """Callback sink of one paho client (runs in the uplink thread)."""
 
-    def __init__(self, gateway_id: str = "", acks_topic: str | None = None) -> None:
+    def __init__(self, gateway_id: str = "", acks_topic: str | None = None,
+                 checkpoint_path: Path | None = None) -> None:
         self.gateway_id = gateway_id
         self.acks_topic = acks_topic
+        self.checkpoint_path = checkpoint_path
         self.connected = False
         self.refused: str | None = None
         self.unsupported_version = False
@@ -480,10 +486,26 @@ class _Session:
             self.confirmed += parse_acks(bytes(msg.payload), self.gateway_id)
         except ValueError as e:
             log.warning("acknowledgement on %s ignored: %s", msg.topic, e)
+            return
+        if self.checkpoint_path is not None:
+            keep_checkpoint(self.checkpoint_path, bytes(msg.payload))
 
     def on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
                       props: Any) -> None:
         self.disconnect_reason = f"disconnected: {rc}"
+
+
+def keep_checkpoint(path: Path, payload: bytes) -> None:
+    """The ``checkpoint`` member of an acknowledgement, if any, kept when newer."""
+    from agent.checkpoint import keep_latest
+    from stationseal.checkpoint import CheckpointError
+
+    try:
+        doc = json.loads(payload).get("checkpoint")
+        if doc is not None:
+            keep_latest(path, doc)
+    except (CheckpointError, ValueError, AttributeError, OSError) as e:
+        log.warning("central checkpoint in an acknowledgement not kept: %s", e)
 
 
 class FileTransport(_Link):

@@ -499,7 +499,9 @@ class IngestService:
         now = time.time()
         prefix = self.cfg.mqtt.topic_prefix
         for gw, frames in by_gw.items():
-            for msg in build_acks(gw, frames, when=now, by=self.username or self.client_id):
+            cp = self.committer.latest_checkpoint
+            for msg in build_acks(gw, frames, when=now, by=self.username or self.client_id,
+                                  extra={"checkpoint": cp} if cp else None):
                 info = self.client.publish(acks_topic(prefix, gw), msg, qos=1)
                 mid = getattr(info, "mid", None)  # None on the NATS link (no PUBACK)
                 if mid is not None:

@@ -252,3 +252,21 @@ def test_gateway_keeps_only_the_latest_valid_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="checkpoint_malformed"):
         keep_latest(keep, {"body": "x", "signature": ""}, pub)
     assert load_latest(keep).number == 1  # type: ignore[union-attr]
+
+
+def test_acknowledgement_carries_the_checkpoint_the_gateway_keeps(tmp_path: Path) -> None:
+    from agent.checkpoint import load_latest
+    from agent.uplink import keep_checkpoint
+    from evidence.vectors import PATH
+    from stationseal.acks import build_acks, parse_acks
+
+    v = json.loads(PATH.read_text())
+    msg = next(build_acks("gw-1", [(5, bytes(32))], when=1.0, by="ingest",
+                          extra={"checkpoint": v["checkpoints"][1]}))
+    assert parse_acks(msg, "gw-1") == [(5, bytes(32))]  # the ack itself is unchanged
+    keep = tmp_path / "central-checkpoint.json"
+    keep_checkpoint(keep, msg)
+    assert load_latest(keep).number == 1  # type: ignore[union-attr]
+    keep_checkpoint(keep, next(build_acks("gw-1", [(6, bytes(32))], when=2.0, by="i")))
+    keep_checkpoint(keep, b'{"checkpoint": {"body": "junk", "signature": ""}}')
+    assert load_latest(keep).number == 1  # type: ignore[union-attr]
