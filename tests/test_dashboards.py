@@ -119,7 +119,7 @@ def representative_lines(now: float) -> list[str]:
             lines += lb.frame_lines(lane.frame(t + 0.5, _lane_sample(t, i, q) + ctl, ev))
     # A second history for one sequence number of the lane gateway: stored apart.
     forked = Gateway("gw-lane-1", LANE)
-    forked.seq = 5
+    forked.seq, forked.prev = 5, b"\x0b" * 32  # links to a predecessor nobody has seen
     lines += lb.frame_lines(forked.frame(now - 590, _lane_sample(now - 590, 5)),
                             branch="fork-0badf00d")
 
@@ -138,7 +138,7 @@ def representative_lines(now: float) -> list[str]:
             ev = [Event("cems-1", "calibration_change", t,
                         {"signal": "span_coeff.so2_mgm3", "old": 1.0, "new": 0.8})]
         if k == 150:
-            ev = [Event("", "data_dropped", t, {"first_seq": 140, "last_seq": 141,
+            ev = [Event("gateway", "data_dropped", t, {"first_seq": 140, "last_seq": 141,
                                                 "frames": 2, "readings": 12,
                                                 "last_hash": "00" * 32})]
         lines += lb.frame_lines(stack.frame(t, r, ev))
