@@ -50,7 +50,7 @@ from stationseal.frame import ZERO_HASH, Frame, seal
 from stationseal.records import Event, Reading
 from stationseal.signing import Ed25519Signer
 
-LANE, STACK, AIR = "V-LANE-1", "S-STACK-1", "A.AIR/1"  # AIR: regex and path characters
+LANE, STACK, AIR = "V-LANE-1", "S-STACK-1", "A.AIR-1"  # AIR: a regex metacharacter (names allow . _ -)
 SITES = {
     STACK: SiteInfo(STACK, "stack_cems", 39.9, 116.4, {"so2_mgm3": 35.0, "nox_mgm3": 50.0}),
     AIR: SiteInfo(AIR, "air_quality", 39.9, 116.5, {"pm25_ugm3": 75.0}),
