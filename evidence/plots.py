@@ -156,7 +156,10 @@ def make_plots(root: Path, alert: dict[str, Any], records: list[Record],
             if sid == site_id and not main:
                 label += " (comparison 对照)"
             ax.plot(xs, ys, lw=1.6 if main else 1.0, ls="-" if main else "--",
-                    marker="." if n_points < 80 else None, ms=3, label=label,
+                    marker="." if n_points < 80 else None,
+                    # a sparse trace (a register read on change) holds its value until the
+                    # next reading: drawn as steps, not as a slope nobody measured
+                    drawstyle="steps-post" if n_points < 80 else "default", ms=3, label=label,
                     zorder=3 if main else 2)
             drawn.append({"site": sid, "instrument": inst, "points": n_points,
                           "main": main})
