@@ -312,9 +312,13 @@ class Agent:
         if self.sealer.pending:
             log.error("%d item(s) could not be stored at shutdown: %s", self.sealer.pending,
                       self.sealer.storage_error)
-        # Give frames already handed over a moment to be acknowledged.
-        end = time.monotonic() + 2.0
-        while self.dispatcher.inflight and time.monotonic() < end:
+        # Give frames already handed over a moment to be acknowledged (with end-to-end
+        # confirmation, by the ingest: its acknowledgements follow its batch write, so a
+        # clean stop does not leave the last frames to be sent again at the next start).
+        confirm = self.options.confirm == "ingest"
+        end = time.monotonic() + (6.0 if confirm else 2.0)
+        while (self.dispatcher.inflight or (confirm and self.outbox.awaiting())) \
+                and time.monotonic() < end:
             await asyncio.sleep(0.05)
         await asyncio.to_thread(self.transport.stop, 5.0)
         await asyncio.sleep(0)  # run acknowledgements the uplink thread scheduled last
