@@ -283,3 +283,17 @@ def test_the_outbox_splits_runs_at_the_cap(tmp_path: Path, monkeypatch: pytest.M
     hashes = {f.seq: f.frame_hash for f in c.frames}
     assert all(r.last_hash == hashes[r.last_seq] for r in runs)
     ob.close()
+
+
+def test_poisoned_drop_is_filed_by_name_in_the_live_ingest(tmp_path: Path) -> None:
+    """first_seq=inf used to be filed as internal_error, with no gap reported."""
+    p = pipeline(tmp_path, registry())
+    c = Chain()
+    p.handle(TOPIC, c.next(T0).payload, T0 + 1)
+    bad = c.next(T0 + 5, skip=3, events=[drop(2, 4, c.prev, first_seq=float("inf"))])
+    assert p.handle(TOPIC, bad.payload, T0 + 6) == "accepted"
+    p.check_gaps(now=T0 + 10**6, grace_s=0.0, force=True)
+    kinds = sorted(ln.split("kind=")[1].split(",")[0] for ln in p.batch.lines
+                   if ln.startswith("integrity,"))
+    assert kinds == ["bad_drop_event", "gap"]
+    assert p.store.quarantine_counts() == {}
