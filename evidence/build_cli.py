@@ -25,7 +25,7 @@ def sources(args: argparse.Namespace) -> Any:
     return sources_for(cfg, alerts=args.alerts, frames=args.frames, registry=args.registry,
                        sites=args.sites, params=args.params, key=args.key,
                        central_public_key=args.central_public_key,
-                       registry_authority=args.registry_authority)
+                       registry_authority=getattr(args, "registry_authority", None))
 
 
 def sources_for(cfg: Any, *, alerts: str | None = None, frames: list[str] | None = None,
