@@ -34,7 +34,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
      "compare vehicle test results a site reported with what its instruments measured"),
     ("sim", "sim.cli", "start simulated instruments and data loggers"),
     ("dashboards", "dashboards.cli", "build and provision the Grafana dashboards"),
-    ("stack", "stack.manager", "start/stop the local Mosquitto + InfluxDB stack"),
+    ("stack", "stack.manager",
+     "start/stop the local broker (Mosquitto, or a NATS cluster) + InfluxDB stack"),
     ("hj212", "stationseal.hj212.cli", "parse, build and check HJ 212 frames"),
 )
 
