@@ -187,6 +187,8 @@ class IngestService:
         self._unacked_lock = threading.Lock()
         #: packet ids of acknowledgement publishes (told apart from alerts on PUBACK)
         self._ack_mids: set[int] = set()
+        #: gateway -> the checkpoint last attached to its acknowledgements
+        self._cp_sent: dict[str, str] = {}
         self.last_commit = time.time()
         self.client = self._make_client()
         self._threads: list[threading.Thread] = []
@@ -498,10 +500,17 @@ class IngestService:
             by_gw.setdefault(gw, []).append((seq, h))
         now = time.time()
         prefix = self.cfg.mqtt.topic_prefix
+        cp = self.committer.latest_checkpoint
+        cp_key = json.dumps(cp, sort_keys=True) if cp is not None else None
         for gw, frames in by_gw.items():
-            cp = self.committer.latest_checkpoint
+            # The latest signed checkpoint rides along when it changed since this gateway's
+            # last acknowledgement (docs/acks.md, docs/evidence.md §3).
+            extra = None
+            if cp_key is not None and self._cp_sent.get(gw) != cp_key:
+                extra = {"checkpoint": cp}
+                self._cp_sent[gw] = cp_key
             for msg in build_acks(gw, frames, when=now, by=self.username or self.client_id,
-                                  extra={"checkpoint": cp} if cp else None):
+                                  extra=extra):
                 info = self.client.publish(acks_topic(prefix, gw), msg, qos=1)
                 mid = getattr(info, "mid", None)  # None on the NATS link (no PUBACK)
                 if mid is not None:

@@ -25,10 +25,12 @@ import pytest
 from agent_helpers import FakeInstrument, FrameCollector, make_keys, mqtt_agent
 from ingest_support import create_db, drop_session, influx_query, wait_for
 
+from agent import uplink
 from agent.runtime import Agent, RuntimeOptions
 from ingest.config import config_from_stack
 from ingest.service import IngestService
 from stack.manager import Credential, StackInfo, start_component, stop_component
+from stationseal.keys import generate_keypair
 
 pytestmark = pytest.mark.stack
 
@@ -153,10 +155,27 @@ def test_outbox_keeps_frames_until_the_ingest_confirms(
     run = _agent(tmp_path, stack, cred)
     reg = tmp_path / "registry.json"
     acct = "ingest-e2e-confirm"
-    svc = _ingest(stack, tmp_path, reg, "t_e2e_confirm", acct)
+    central = generate_keypair("central", tmp_path / "central")
+    custody = {"key_file": str(central.private_key), "checkpoint_interval_s": 1.0}
+    svc = _ingest(stack, tmp_path, reg, "t_e2e_confirm", acct, custody=custody)
+    # What the agent receives on its acks topic (only it may read it: ACL).
+    seen: list[dict[str, Any]] = []
+    orig_parse = uplink.parse_acks
+
+    def spy(payload: bytes, gateway_id: str) -> list[tuple[int, bytes]]:
+        seen.append(json.loads(payload))
+        return orig_parse(payload, gateway_id)
+
+    uplink.parse_acks = spy  # type: ignore[assignment]
     run.start()
     try:
         assert wait_for(lambda: len(stored_seqs(stack, "t_e2e_confirm", gw)) >= 10, 30)
+        # Acknowledgements name (seq, hash) pairs; the latest signed checkpoint rides along
+        # once per change, not in every message.
+        assert wait_for(lambda: any("checkpoint" in d for d in seen), 15), seen[:3]
+        assert all(d["gateway_id"] == gw and d["v"] == 1 for d in seen)
+        n_cp = sum(1 for d in seen if "checkpoint" in d)
+        assert n_cp < len(seen)
         # Confirmed frames leave the outbox: only the last moments' frames remain.
         assert wait_for(lambda: run.outbox()[1] <= 5, 15), run.outbox()
         assert svc.metrics.get("acks_published_total", result="ok") > 0
@@ -177,6 +196,7 @@ def test_outbox_keeps_frames_until_the_ingest_confirms(
         assert not run.resent(), "nothing was lost, so nothing needed sending again"
         assert last >= 25
     finally:
+        uplink.parse_acks = orig_parse  # type: ignore[assignment]
         run.stop()
         svc.stop()
         drop_session(stack, acct)
