@@ -93,22 +93,22 @@ def _permissions(info: m.StackInfo) -> dict[str, str]:
         "{ publish: { allow: ["
         + ", ".join(_q(s) for s in (
             "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$KV.{LEASES_BUCKET}.>",
-            f"{p}.alerts.>"))
+            f"{p}.alerts.>", f"{p}.*.acks"))
         + "] }, subscribe: { allow: ["
         + ", ".join(_q(s) for s in ("_INBOX.>", f"{p}.*.status", f"{p}.*.frames",
                                     f"{PARTITIONED}.>"))
         + "] } }")
     for gw in sorted(info.gateways):
-        own = f"{p}.{gw}.>"
         # NATS checks a publish against the subject *after* the account's mapping, so
         # the frames right is on the partitioned form; the gateway id is its last token,
         # which the ingest also checks against the partition it must hash to
-        # (ingest/nats_source.py), so naming another partition gains nothing.
-        # $MQTT.sub.> carries QoS 1 deliveries to the gateway's own subscriptions
-        # (e.g. acknowledgements the ingest sends back on its topics).
-        out[gw] = ("{ publish: { allow: [" + _q(own) + ", " + _q(f"{PARTITIONED}.*.{gw}")
-                   + "] }, subscribe: { allow: [" + _q(own) + ", " + _q("$MQTT.sub.>")
-                   + "] } }")
+        # (ingest/nats_source.py), so naming another partition gains nothing. A gateway
+        # reads its acknowledgements but may not write them (docs/acks.md).
+        # $MQTT.sub.> carries QoS 1 deliveries to the gateway's own subscriptions.
+        pub = [f"{p}.{gw}.status", f"{p}.{gw}.frames", f"{PARTITIONED}.*.{gw}"]
+        sub = [f"{p}.{gw}.acks", "$MQTT.sub.>"]
+        out[gw] = ("{ publish: { allow: [" + ", ".join(_q(x) for x in pub)
+                   + "] }, subscribe: { allow: [" + ", ".join(_q(x) for x in sub) + "] } }")
     return out
 
 
