@@ -199,6 +199,7 @@ class _Building:
     start_event_time: float | None = None
     end_event_time: float | None = None
     last_active: float = -math.inf
+    last_time: float = -math.inf
     event_origins: list[tuple[str, int]] = field(default_factory=list)
 
 
@@ -238,25 +239,46 @@ class TestAssembler:
         self._checked: dict[tuple[str, str], float] = {}
         self.closed: dict[tuple[str, str], list[str]] = {}
         self.lanes: dict[str, set[str]] = {}
+        self._routes: dict[tuple[str, str, str | None], tuple[tuple[str, str],
+                                                              tuple[str, str]]] = {}
         #: Quiet samples outside any test, and samples of a test that had already closed.
         self.unassigned = 0
         self.late = 0
 
     # -- feeding
-    def on_sample(self, s: Sample) -> list[TestRecord]:
+    def _route(self, s: Sample) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(site, lane) and (site, instrument) of a sample; cached per instrument once its
+        lane is known (the per-sample cost of assembly is mostly this bookkeeping)."""
         ctx = s.test
-        lane = lane_of(s.instrument, ctx.lane if ctx else None)
+        ckey = (s.site, s.instrument, ctx.lane if ctx else None)
+        hit = self._routes.get(ckey)
+        if hit is not None:
+            return hit
+        lane = lane_of(s.instrument, ckey[2])
         known = self.lanes.setdefault(s.site, set())
         if lane:
             known.add(lane)
         elif len(known) == 1:
             lane = next(iter(known))  # a single-lane site's untagged instrument
         key = (s.site, lane)
-        wm = self.watermark[key] = max(self.watermark.get(key, -math.inf), s.time)
         ikey = (s.site, s.instrument)
-        self.inst_watermark[ikey] = max(self.inst_watermark.get(ikey, -math.inf), s.time)
         self.lane_instruments.setdefault(key, set()).add(s.instrument)
-        blds = self.open.setdefault(key, {})
+        if lane and (ckey[2] or lane_of(s.instrument)):
+            self._routes[ckey] = (key, ikey)
+        return key, ikey
+
+    def on_sample(self, s: Sample) -> list[TestRecord]:
+        ctx = s.test
+        key, ikey = self._route(s)
+        t = s.time
+        wm = self.watermark.get(key, -math.inf)
+        if t > wm:
+            wm = self.watermark[key] = t
+        if t > self.inst_watermark.get(ikey, -math.inf):
+            self.inst_watermark[ikey] = t
+        blds = self.open.get(key)
+        if blds is None:
+            blds = self.open[key] = {}
         active = is_active(s.values)
         b: _Building | None
         if ctx is not None and ctx.id:
@@ -266,24 +288,30 @@ class TestAssembler:
                     self.late += 1
                     return self._expire(key, wm)
                 b = blds[ctx.id] = _Building(ctx.id, s.site, key[1])
-            b.method = b.method or ctx.method
-            b.vehicle = b.vehicle or ctx.vehicle
+            if not b.method:
+                b.method = ctx.method
+            if not b.vehicle:
+                b.vehicle = ctx.vehicle
         else:
-            b = self._covering(blds, s.time)
+            b = self._covering(blds, t)
             if b is None:
                 inferred = [x for x in blds.values() if x.inferred
-                            and s.time - x.last_active <= self.gap_s]
+                            and t - x.last_active <= self.gap_s]
                 if inferred:
                     b = inferred[-1]
                 elif active:
-                    tid = f"{s.site}/{key[1] or '-'}/{second_of(s.time)}"
+                    tid = f"{s.site}/{key[1] or '-'}/{second_of(t)}"
                     b = blds[tid] = _Building(tid, s.site, key[1], inferred=True)
                 else:
                     self.unassigned += 1
                     return self._expire(key, wm)
         b.samples.append(s)
-        if active:
-            b.last_active = max(b.last_active, s.time)
+        if t > b.last_time:
+            b.last_time = t
+        if active and t > b.last_active:
+            b.last_active = t
+        if wm - self._checked.get(key, -math.inf) < 1.0:
+            return []  # tests are checked for closing once per second of lane time
         return self._expire(key, wm)
 
     def on_event(self, e: SiteEvent) -> list[TestRecord]:
@@ -381,7 +409,7 @@ class TestAssembler:
         slow = min((self.inst_watermark[(key[0], i)] for i in self.lane_instruments.get(key, ())),
                    default=wm)
         for tid, b in list(blds.items()):
-            last = max((x.time for x in b.samples[-8:]), default=-math.inf)
+            last = b.last_time
             if b.inferred:
                 ref, need = b.last_active, self.gap_s
             elif b.end_event_time is not None:
@@ -596,6 +624,16 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if vx <= 1e-12 * max(1.0, n * sxx) or vy <= 1e-12 * max(1.0, n * syy):
         return None
     return (n * sxy - sx * sy) / math.sqrt(vx * vy)
+
+
+def pstdev(xs: Sequence[float], mu: float | None = None) -> float:
+    """Population standard deviation in floating point (``statistics.pstdev`` computes it
+    exactly with fractions, which costs more than the rest of a rule together)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    m = math.fsum(xs) / n if mu is None else mu
+    return math.sqrt(math.fsum((x - m) * (x - m) for x in xs) / n)
 
 
 def origins(seconds: Iterable[Second], limit: int = 500) -> dict[str, Any]:

@@ -6,7 +6,6 @@ The rule, its data signature and its parameters are documented on the detector c
 
 from __future__ import annotations
 
-import statistics
 from typing import Any, ClassVar
 
 from ingest.detectors import segments
@@ -97,7 +96,7 @@ class FabricatedObdDetector(segments.PerTestDetector):
                 continue
             xs = [a for a, _ in pairs]
             ys = [b for _, b in pairs]
-            if statistics.pstdev(ys) < min_std:
+            if segments.pstdev(ys) < min_std:
                 continue
             r = segments.pearson(xs, ys)
             key = f"corr_obd_rpm_{'speed' if ref == 'speed_kmh' else 'rpm'}"

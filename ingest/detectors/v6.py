@@ -260,8 +260,8 @@ class SubstituteVehicleDetector(segments.PerTestDetector):
                 curves[sig] = _moving_mean(raw, half)
             steps = [y - x for x, y in itertools.pairwise(raw) if x is not None and y is not None]
             noise[sig] = 1.4826 * _mad(steps) / math.sqrt(2.0) if len(steps) > 2 else 0.0
-            sd = statistics.pstdev(steps) / math.sqrt(2.0) if len(steps) > 1 else 0.0
-            levels[sig] = (statistics.fmean(vals), sd / math.sqrt(len(vals)))
+            sd = segments.pstdev(steps) / math.sqrt(2.0) if len(steps) > 1 else 0.0
+            levels[sig] = (math.fsum(vals) / len(vals), sd / math.sqrt(len(vals)))
         if not raw_all:
             return None
         fp = hash(tuple((k, tuple(v)) for k, v in sorted(raw_all.items())))
@@ -465,8 +465,8 @@ def _standardise(c: list[float | None]) -> list[float] | None:
     if any(v is None for v in c) or len(c) < 3:
         return None
     vals = [float(v) for v in c if v is not None]
-    m = statistics.fmean(vals)
-    sd = statistics.pstdev(vals, m)
+    m = math.fsum(vals) / len(vals)
+    sd = segments.pstdev(vals, m)
     if sd <= 0.0:
         return None
     return [(v - m) / sd for v in vals]
