@@ -237,7 +237,7 @@ def argv(lay: m._Layout, component: str) -> list[str]:
 
 
 def nats_binary() -> str:
-    return m._binary("STATIONSEAL_NATS_SERVER", "/usr/bin/nats-server", "nats-server")
+    return m._binary("STATIONSEAL_NATS_SERVER", "/usr/sbin/nats-server", "nats-server")
 
 
 def _monitor(info: m.StackInfo, component: str, path: str) -> dict[str, Any] | None:
