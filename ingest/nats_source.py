@@ -393,11 +393,19 @@ class _NatsLink:
         log.info("partition %d acquired (consumer %s, from stream seq %d)", p, name,
                  floor + 1)
 
+    def _forget(self, partition: int) -> None:
+        """Drop this worker's in-memory chain trackers of a partition it no longer owns:
+        kept, they would go stale, and a periodic gap check marking one dirty would
+        commit its old state over the new owner's in the shared state database."""
+        parts = self.n.partitions
+        self.svc.inbox.put_control(lambda pl: _forget_partition(pl, partition, parts))
+
     async def _drop(self, own: _Ownership) -> None:
         own.alive = False
         self.owned.pop(own.partition, None)
         if own.task is not None:
             own.task.cancel()
+        self._forget(own.partition)
         self.svc.metrics.inc("nats_partition_changes_total", change="lost")
 
     async def _release(self, own: _Ownership) -> None:
@@ -414,6 +422,9 @@ class _NatsLink:
             return
         own.alive = False
         self.owned.pop(own.partition, None)
+        self._forget(own.partition)
+        # The control item is handled before anything queued after it; what this worker
+        # committed is in the state database before the lease goes.
         with contextlib.suppress(Exception):
             await self.kv.delete(f"lease.{own.partition}", last=own.revision)
         self.svc.metrics.inc("nats_partition_changes_total", change="released")
@@ -510,8 +521,12 @@ class _NatsLink:
 
 
 def _forget_partition(p: Pipeline, partition: int, partitions: int) -> None:
+    """On the processor thread: the partition's gateways are reloaded from the state
+    database the next time one of their frames arrives (and nothing of them is in the
+    next snapshot: their state is not this worker's to commit now)."""
     for gw in [g for g in p.trackers if partition_of(g, partitions) == partition]:
         del p.trackers[gw]
+        p.dirty.discard(gw)
 
 
 class NatsIngestService(IngestService):
