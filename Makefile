@@ -5,7 +5,7 @@ PY := .venv/bin/python
 DEMO_SECONDS ?= 120
 export DEMO_SECONDS
 
-.PHONY: setup test lint typecheck pytest demo bench detect-bench clean
+.PHONY: setup test lint typecheck pytest demo bench detect-bench chaos fuzz clean
 
 setup:
 	@deploy/dev/bootstrap.sh
@@ -30,5 +30,16 @@ bench: setup
 detect-bench: setup
 	$(PY) -m benchmarks.run_all --only detect
 
+# Fault and attack scenarios against real processes, one table (docs/reliability.md);
+# ~1 h at full length. CHAOS_ARGS=--short for the same faults in seconds.
+chaos: setup
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every target in tests/fuzz/targets.py;
+# FUZZ_SECONDS per target. Crashers land in tests/fuzz/corpus/TARGET/crash-*.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(PY) -m tests.fuzz.atheris_run --seconds $(FUZZ_SECONDS)
+
 clean:
-	rm -rf demo-output bench-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo-output bench-output chaos-output .pytest_cache .mypy_cache .ruff_cache

@@ -35,8 +35,8 @@ ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 def _resolve(v: Any, info: ValidationInfo) -> Any:
     base = (info.context or {}).get("base_dir")
-    if v is None or base is None:
-        return v
+    if base is None or not isinstance(v, str | Path):
+        return v  # None, or a wrong type that the Path validator names
     p = Path(v).expanduser()
     return p if p.is_absolute() else (Path(base) / p).resolve()
 

@@ -82,6 +82,9 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

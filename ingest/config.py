@@ -8,6 +8,7 @@ readable only by the service account, so the YAML can be shared for review).
 
 from __future__ import annotations
 
+import reprlib
 import zlib
 from pathlib import Path
 from typing import Any, Literal
@@ -430,6 +431,10 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring = 3, 8, 8, 120
+
+
 def parse_config(data: Any, source: str = "<config>", base: Path | None = None) -> IngestConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping")
@@ -440,7 +445,9 @@ def parse_config(data: Any, source: str = "<config>", base: Path | None = None) 
         for err in e.errors():
             where = _loc(tuple(err["loc"]))
             val = err.get("input")
-            shown = "" if isinstance(val, dict) else f" (got {val!r})"
+            # bounded: a YAML alias bomb expands to billions of items, and a full repr
+            # of it would never finish
+            shown = "" if isinstance(val, dict) else f" (got {_REPR.repr(val)})"
             msgs.append(f"{source}: {where}: {err['msg']}{shown}")
         raise ConfigError("\n".join(msgs)) from None
     if base is not None:
@@ -474,6 +481,9 @@ def load_config(path: str | Path) -> IngestConfig:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start}") from None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{p}: cannot read: {e}") from None
     return parse_config(data, str(p), p.resolve().parent)
