@@ -342,8 +342,10 @@ class Recorder:
         self.subscribed = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                         protocol=mqtt.MQTTv5)
+        # an account of the ingest role of its own: the broker ties sessions to accounts
+        cred = stack.add_ingest_account(info.dir, client_id)
         c.tls_set_context(info.tls_context())
-        c.username_pw_set(info.ingest.username, info.ingest.password())
+        c.username_pw_set(cred.username, cred.password())
         c.reconnect_delay_set(1, 2)
         topic = f"{info.topic_prefix}/+/frames"
 
@@ -606,7 +608,8 @@ class Deployment:
         for gid in self.gateway_ids:
             site = f"site-{gid}"
             kf = generate_keypair(gid, self.work / "keys")
-            self.registry.add(gid, kf.public_key.read_bytes(), valid_from=time.time() - 3600)
+            self.registry.add(gid, kf.public_key.read_bytes(), valid_from=time.time() - 3600,
+                              sites=[site])
             d = self.work / gid
             d.mkdir()
             self.gws[gid] = Gateway(gid, site, kf.private_key, d, d / "state")
@@ -658,7 +661,7 @@ class Deployment:
             return None
 
     def start_recorder(self) -> None:
-        self.recorder = Recorder(self.st, f"chaos-recorder-{os.getpid()}")
+        self.recorder = Recorder(self.st, "ingest-chaos-recorder")
 
     # -- gateways ---------------------------------------------------------------------
     def start_gateway(self, gid: str, *, poll_s: float = 0.2, instruments: int = 2,
@@ -731,9 +734,9 @@ class Deployment:
         gids = list(gids or self.gws)
 
         def drained() -> bool:
-            return all(len(outbox_state(self.gws[g].outbox)[1]) <= 4 for g in gids
+            return all(not outbox_state(self.gws[g].outbox)[1] for g in gids
                        if self.gws[g].agent is not None and self.gws[g].agent.alive())
-        wait_for(drained, timeout, 1.0)
+        wait_for(drained, timeout, 0.2)
         for gid in gids:
             gw = self.gws[gid]
             if gw.agent is not None and gw.agent.alive():

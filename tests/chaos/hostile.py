@@ -54,6 +54,39 @@ class Sealer:
         return f
 
 
+#: CBOR encodings a signed event detail can carry that no well-behaved encoder writes.
+POISON = {
+    "inf": b"\xf9\x7c\x00",
+    "nan": b"\xf9\x7e\x00",
+    "2**80": b"\xc2\x4b\x01" + bytes(10),
+    "2**64-1": b"\x1b" + b"\xff" * 8,
+    "-2**64": b"\x3b" + b"\xff" * 8,
+}
+
+
+def poisoned_drop_frame(sealer: Sealer, values: dict[str, str]) -> bytes:
+    """A frame with a ``data_dropped`` event whose fields (first_seq, last_seq, frames,
+    readings) carry the given :data:`POISON` encodings, signed with the gateway's key:
+    sealed with sentinel integers, the sentinels swapped for the poison in the signed
+    body, and the body signed again, as an operator holding the key can do."""
+    import hashlib
+
+    from stationseal.cbor import head
+
+    fields = ("first_seq", "last_seq", "frames", "readings")
+    sentinel = {k: 0x5EA1_0000 + i for i, k in enumerate(fields)}
+    detail = {k: sentinel[k] for k in fields}
+    f = sealer.frame(2, events=[Event("gateway", "data_dropped", time.time(), detail)])
+    body = f.body
+    for k, code in values.items():
+        enc = b"\x1a" + sentinel[k].to_bytes(4, "big")
+        assert body.count(enc) == 1, k
+        body = body.replace(enc, POISON[code])
+    sig = sealer.signer.sign(body)
+    sealer.prev = hashlib.sha256(body).digest() if body != f.body else f.frame_hash
+    return b"\x82" + head(2, len(body)) + body + head(2, len(sig)) + sig
+
+
 class Client:
     """A paho MQTT 5 client with a gateway's credentials; any client id."""
 

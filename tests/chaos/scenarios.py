@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import shutil
 import socket
@@ -25,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from stack import manager as stack
-from stationseal.records import Event
 from tests.chaos.harness import PY, ROOT, Account, Deployment, influx_series, log, wait_for
-from tests.chaos.hostile import CBOR_BAD_UTF8, Client, Sealer, hostile_payloads
+from tests.chaos.hostile import (
+    CBOR_BAD_UTF8,
+    Client,
+    Sealer,
+    hostile_payloads,
+    poisoned_drop_frame,
+)
 
 HONEST = "gw-chaos-1"
 SECOND = "gw-chaos-2"
@@ -481,7 +485,9 @@ def s_session_takeover(ctx: Ctx, r: Result) -> None:
             time.sleep(2)
             c.close()
             time.sleep(2)
-        r.notes.append(f"takeover logins accepted by the broker: {accepted}")
+        r.notes.append(f"takeover logins accepted by the broker: {accepted} (under the "
+                       "gateway's own account name if the broker ties client ids to "
+                       "accounts)")
         h = d.health() or {}
         r.extra["ingest_health"] = h
         finish(r, d, [HONEST])
@@ -513,18 +519,20 @@ def s_cbor_leak(ctx: Ctx, r: Result) -> None:
 
 
 def s_state_disk_full(ctx: Ctx, r: Result) -> None:
-    """Issue item 3: the ingest's state disk (a 24 MiB tmpfs) under a quarantine flood
-    from one gateway. Quarantine must stay bounded, or, if the disk fills, the ingest
-    must say so (health false / exit non-zero), never stall silently."""
-    state = ctx.work / r.name / "ingest-state"
+    """Issue item 3: the ingest's state disk (a 64 MiB tmpfs, quarantine bound 8 MiB per
+    source and day, as a small central disk would be configured) under a flood of 200 kB
+    garbage payloads from one gateway. Quarantine must stay within its bound so the disk
+    never fills, and the ingest must never report healthy while stalled."""
+    state = ctx.work / f"{r.name}.ingest-state"  # beside the deployment, which it wipes
     if state.exists():
         shutil.rmtree(state, ignore_errors=True)
-    undo = _tmpfs(state, "24m")
+    undo = _tmpfs(state, "64m")
     if undo is None:
         r.notes.append("tmpfs mount refused: flood without a disk bound")
     try:
         with pipeline(ctx, r.name, (HONEST,), extra_gws=(EVIL,),
-                      state_dir=str(state), disk={"min_free_bytes": 4 * MB}) as d:
+                      state_dir=str(state), disk={"min_free_bytes": 4 * MB},
+                      quarantine={"max_bytes_per_source_day": 8 * MB}) as d:
             d.start_gateway(HONEST)
             c = evil_client(d)
             rng = random.Random(3)
@@ -687,21 +695,16 @@ def s_poisoned_export(ctx: Ctx, r: Result) -> None:
 
     with pipeline(ctx, r.name, (HONEST,), extra_gws=(EVIL,)) as d:
         s = evil_sealer(d)
-        frames = [s.frame(3)]
-        poison = ({"first_seq": math.inf, "last_seq": 5, "frames": 1, "readings": 1},
-                  {"first_seq": 2, "last_seq": 2**80, "frames": 2**70, "readings": 1},
-                  {"first_seq": -(2**64), "last_seq": 3, "frames": 1, "readings": math.nan})
-        for detail in poison:
-            try:
-                frames.append(s.frame(3, events=[Event("gateway", "data_dropped",
-                                                       time.time(), dict(detail))]))
-            except (ValueError, TypeError, OverflowError) as e:
-                r.notes.append(f"sealer refused {detail}: {e}")
-                s.seq -= 1
+        payloads = [s.frame(3).payload]
+        cases = ({"first_seq": "inf"}, {"last_seq": "2**80", "frames": "2**64-1"},
+                 {"first_seq": "-2**64", "readings": "nan"})
+        for case in cases:
+            payloads.append(poisoned_drop_frame(s, case))
         export = d.work / "poisoned.jsonl"
-        export.write_text("".join(line_for(topic(d, EVIL), f.payload) + "\n" for f in frames))
+        export.write_text("".join(line_for(topic(d, EVIL), p) + "\n" for p in payloads))
         reg = d.work / "registry.json"
-        v = _run([PY, "-m", "stationseal.cli", "verify", str(export), "--registry", str(reg)])
+        v = _run([PY, "-m", "stationseal.cli", "verify", str(export), "--registry", str(reg),
+                  "--authority", str(reg) + ".authority.pub.pem"])
         r.check(f"`stationseal verify` gives a verdict (exit {v.returncode}, no traceback)",
                 v.returncode in (0, 1) and "Traceback" not in v.stderr)
         imp = _run([PY, "-m", "stationseal.cli", "ingest", "import", str(export), "--config",
@@ -709,11 +712,9 @@ def s_poisoned_export(ctx: Ctx, r: Result) -> None:
         r.check(f"`stationseal ingest import` gives a verdict (exit {imp.returncode}, "
                 "no traceback)", imp.returncode in (0, 1) and "Traceback" not in imp.stderr)
         t0 = time.time()
-        s2 = evil_sealer(d)
-        s2.seq = 1000
         c = evil_client(d)
-        for f in frames[1:]:
-            c.publish(topic(d, EVIL), f.payload)
+        for p in payloads[1:]:
+            c.publish(topic(d, EVIL), p)
         c.close()
         time.sleep(5)
         integ = integrity_points(d, EVIL, t0 - 1)
