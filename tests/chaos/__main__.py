@@ -71,7 +71,9 @@ def machine() -> str:
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     except OSError:
         pass
-    return f"{' '.join(platform.uname())}; {os.cpu_count()} cores; {mem} memory"
+    u = os.uname()
+    return (f"{u.sysname} {u.nodename} {u.release} {u.version} {u.machine}; "
+            f"{os.cpu_count()} cores; {mem} memory; Python {platform.python_version()}")
 
 
 def _on_term(signum: int, frame: FrameType | None) -> None:
@@ -87,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated scenario names to leave out")
     ap.add_argument("--out", type=Path, default=Path("chaos-output"))
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="OUT",
+                    help="print one table from the results.json of several runs (e.g. two "
+                         "halves run side by side) in scenario order, and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge)
     if args.list:
         for s in SCENARIOS:
             print(f"{s.name:<30} {s.fault}")
@@ -95,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = by_name([n for n in args.only.split(",") if n]) if args.only else list(SCENARIOS)
     skip = set(filter(None, args.skip.split(",")))
     chosen = [s for s in chosen if s.name not in skip]
-    signal.signal(signal.SIGTERM, _on_term)
+    # SIGINT explicitly too: a shell starting the run in the background leaves SIGINT
+    # ignored, and the processes must be stopped however the run is interrupted.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_term)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(out / "work", full=not args.short)
@@ -114,6 +124,33 @@ def main(argv: list[str] | None = None) -> int:
     if f:
         print("\nFailed checks:\n" + f)
     return 0 if all(r.passed for r in results) else 1
+
+
+def merge(outs: list[Path]) -> int:
+    docs = [json.loads((o / "results.json").read_text()) for o in outs]
+    by_name = {r["name"]: r for d in docs for r in d["results"]}
+    order = [s.name for s in SCENARIOS if s.name in by_name]
+    results = [_from_json(by_name[n]) for n in order]
+    for d in docs:
+        print(f"run started {d['started']} ({'full' if d['full'] else 'short'}); "
+              f"{d['machine']}")
+    print(table(results))
+    f = failures(results)
+    if f:
+        print("\nFailed checks:\n" + f)
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _from_json(d: dict[str, object]) -> Result:
+    r = Result(str(d["name"]), str(d["fault"]))
+    r.sealed, r.stored, r.covered = d["sealed"], d["stored"], d["covered"]  # type: ignore[assignment]
+    r.unexplained, r.duplicates = d["unexplained"], d["duplicates"]  # type: ignore[assignment]
+    r.rss_agent, r.rss_ingest = d["peak_rss_agent"], d["peak_rss_ingest"]  # type: ignore[assignment]
+    r.recovery_s = d["recovery_s"]  # type: ignore[assignment]
+    r.checks = [(str(w), bool(ok)) for w, ok in d["checks"]]  # type: ignore[attr-defined]
+    r.notes = list(d["notes"])  # type: ignore[call-overload]
+    r.error = d["error"]  # type: ignore[assignment]
+    return r
 
 
 def _write(out: Path, results: list[Result], started: str, ctx: Ctx) -> None:

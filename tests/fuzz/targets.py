@@ -147,8 +147,13 @@ def site_config_target(data: bytes) -> str:
     from agent.config import load_site_config
     from agent.yamlcfg import ConfigError
 
-    p = _write("site.yaml", data)
-    # profiles resolve against the real instrument profiles shipped with the project
+    # laid out as firmware-config/ is (sites/ beside instruments/, the default
+    # profiles_dir), so inputs reach the profile cross-checks, not just "no profile file"
+    inst = _tmpdir() / "instruments"
+    if not inst.exists():
+        inst.symlink_to(ROOT / "firmware-config" / "instruments")
+    (_tmpdir() / "sites").mkdir(exist_ok=True)
+    p = _write("sites/site.yaml", data)
     try:
         load_site_config(p)
     except ConfigError:

@@ -28,6 +28,8 @@ def test_valid_seeds_are_accepted() -> None:
     assert check("ingest_config", (CORPUS / "ingest_config" / "central-example").read_bytes()
                  ) == "config"
     assert check("profile", (CORPUS / "profile" / "five_gas").read_bytes()) == "profile"
+    assert check("site_config", (CORPUS / "site_config" / "cems-site-example").read_bytes()
+                 ) == "config"
     assert check("hj212", (CORPUS / "hj212" / "seed-00").read_bytes()).startswith("frame")
 
 
