@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stationseal.chain import Limits
+
 
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message names file, key and value."""
@@ -179,6 +181,27 @@ class ChainConfig(_Strict):
     gap_grace_s: float = Field(default=300.0, ge=0)
     """A missing sequence is reported after this long: live frames overtake backfill."""
     gap_check_interval_s: float = Field(default=5.0, gt=0)
+    # The integrity bounds below default to the specification's values
+    # (docs/wire-format.md §7.4, §8); `stationseal verify` uses those unless told
+    # otherwise (--future-tolerance, --max-unsynced, --max-drop-span), so a deployment that
+    # changes them passes the same values to verify its archive the way its ingest did.
+    future_tolerance_s: int = Field(default=120, ge=1, le=3600)
+    """created_future: how far (seconds) a frame's creation time may lie after its first
+    arrival. Raise it only for gateways whose clocks legitimately drift further between
+    synchronisations; beyond an hour it is no longer clock skew."""
+    max_unsynced_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    """clock_unsynced: longest stretch (seconds of frame time) a gateway may seal frames
+    saying its clock is not synchronised, e.g. longer for sites whose only time source is
+    reachable a few times a day."""
+    max_drop_span: int = Field(default=100_000, ge=1, le=1_000_000)
+    """Most sequence numbers one signed data_dropped event may excuse. Lower: a longer
+    drop (this agent splits at 100 000) becomes bad_drop_event and its range a gap. Higher:
+    accepts gateways of another make that split their drops more coarsely."""
+
+    def limits(self) -> Limits:
+        return Limits(future_tolerance_ms=self.future_tolerance_s * 1000,
+                      max_unsynced_ms=self.max_unsynced_s * 1000,
+                      max_drop_span=self.max_drop_span)
 
 
 class WebhookConfig(_Strict):

@@ -16,6 +16,12 @@ from stationseal.records import Sample, SiteEvent
 
 log = logging.getLogger("stationseal.ingest.detection")
 
+#: Rules whose findings the ingest raises itself, as integrity findings made whether or
+#: not detection runs (ingest/pipeline.py): running them in the engine too would alert
+#: twice. I-DROP: every signed ``data_dropped`` event is the ingest's ``data_dropped``
+#: finding. The rules still run in offline detection over records files.
+RAISED_BY_INGEST: tuple[str, ...] = ("I-DROP",)
+
 
 @dataclass(slots=True)
 class EngineAlert:
@@ -69,9 +75,17 @@ def make_engine(cfg: DetectionConfig) -> EngineHook | None:
                           ) from None
     assert cfg.sites is not None
     try:
+        from ingest.detectors.registry import discover
+
+        wanted = discover().select(cfg.rules)
+        skipped = [r for r in wanted if r in RAISED_BY_INGEST]
+        if skipped and cfg.rules is not None:
+            log.warning("detection.rules: %s not run by the detection engine: the ingest "
+                        "raises these findings itself", ", ".join(skipped))
+        rules = [r for r in wanted if r not in RAISED_BY_INGEST]
         sites = load_sites(cfg.sites)
         params = load_params(cfg.params) if cfg.params is not None else None
-        engine = DetectionEngine(sites, params, cfg.rules, reorder_s=cfg.reorder_s,
+        engine = DetectionEngine(sites, params, rules, reorder_s=cfg.reorder_s,
                                  merge_gap_s=cfg.merge_gap_s, keep_history=False)
     except (SitesError, ValueError, OSError) as e:
         raise ConfigError(f"detection: {e}") from None

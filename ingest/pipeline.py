@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,10 @@ from ingest.engine_hook import EngineAlert
 from ingest.metrics import Metrics
 from ingest.store import Store
 from ingest.testcontext import LaneContexts
-from stationseal.chain import ChainIssue, ChainTracker, arrival_findings
+from stationseal.chain import ChainIssue, ChainTracker, arrival_findings, jsonable, parse_drop
 from stationseal.export import frames_topic, gateway_of_topic, line_for
 from stationseal.frame import Frame
-from stationseal.records import Sample, SiteEvent
+from stationseal.records import Sample, SiteEvent, to_rfc3339
 from stationseal.registry import AcceptedRegistry, AuthorityPin, KeyRegistry, RegistryError
 from stationseal.verify import Rejected, verify_payload
 
@@ -62,6 +62,8 @@ SEVERITY: dict[str, str] = {
     # Raised to high when the frame claims a synchronised clock (see _time_findings).
     "created_future": "medium",
     "created_too_old": "medium",
+    # Every signed drop: honest, but a hole in the record (see _drop_findings).
+    "data_dropped": "medium",
 }
 
 #: Engine adapter: records in, alert updates out (ingest.engine_hook.EngineHook).
@@ -106,9 +108,11 @@ class RegistryWatcher:
 
     A version is used only if the pinned authority signed it and it extends the last
     version this service accepted (kept in the state directory, so a restart cannot be
-    rolled back either). Otherwise the last good version stays in force, the refusal is
-    logged, counted (``registry_reloads_total{result="refused"}``) and shown as
-    ``registry_state`` (1 current, 0 a newer file was refused).
+    rolled back either). Otherwise the last good version stays in force, and the refusal
+    is logged, counted (``registry_reloads_total{result="refused"}``), shown as
+    ``registry_state`` (1 current, 0 a newer file was refused) and in ``/healthz``
+    (:meth:`status`), and raised as the integrity finding ``registry_refused`` by the
+    pipeline.
     """
 
     def __init__(self, path: Path, interval_s: float, metrics: Metrics, pin: str,
@@ -119,6 +123,12 @@ class RegistryWatcher:
         self.pin = AuthorityPin.parse(pin)
         self.accepted = AcceptedRegistry(state_dir)
         self.error: str | None = None
+        #: Why the latest refusal happened (kept after a later version is accepted).
+        self.last_refusal: str | None = None
+        #: Wall-clock time of the latest refusal and how many there were (the pipeline
+        #: raises one finding per refusal it has not reported yet).
+        self.refused_at: float | None = None
+        self.refusals = 0
         self._sig = self._stat()
         self._checked = time.monotonic()
         try:
@@ -130,11 +140,13 @@ class RegistryWatcher:
             last = self._last_good()
             if last is None:
                 raise
+            self.registry = last
             self._refused(str(e))
             reg = last
         else:
             self.metrics.set("registry_state", 1)
         self.registry = reg
+        self.loaded_at = time.time()
         self.metrics.set("registry_serial", reg.serial)
 
     def _last_good(self) -> KeyRegistry | None:
@@ -146,10 +158,32 @@ class RegistryWatcher:
 
     def _refused(self, why: str) -> None:
         self.error = why
+        self.last_refusal = why
+        self.refused_at = time.time()
+        self.refusals += 1
         log.error("key registry refused, keeping serial %s: %s",
                   getattr(getattr(self, "registry", None), "serial", "?"), why)
         self.metrics.inc("registry_reloads_total", result="refused")
         self.metrics.set("registry_state", 0)
+
+    def status(self) -> dict[str, Any]:
+        """For ``/healthz``. A refused file does not make the service unhealthy: the last
+        accepted registry keeps verifying frames correctly, and a restart would refuse
+        the same file again (a restart loop helps no one). It is shown here, in the
+        metrics and as a high integrity alert instead."""
+        reg = self.registry
+        out: dict[str, Any] = {
+            "state": "refused" if self.error is not None else "current",
+            "file": str(self.path),
+            "serial": reg.serial,
+            "keys": len(reg.entries),
+            "authority": (reg.authority_fingerprint or "")[:16] or None,
+            "in_force_since": to_rfc3339(self.loaded_at),
+        }
+        if self.error is not None and self.refused_at is not None:
+            out["refused"] = {"at": to_rfc3339(self.refused_at), "reason": self.error,
+                              "refusals": self.refusals}
+        return out
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -179,6 +213,7 @@ class RegistryWatcher:
             self._refused(str(e))
             return False
         self.registry = reg
+        self.loaded_at = time.time()
         self.error = None
         self.metrics.inc("registry_reloads_total", result="ok")
         self.metrics.set("registry_state", 1)
@@ -205,6 +240,12 @@ class Pipeline:
         self.engine = engine
         self.registry = RegistryWatcher(cfg.registry, cfg.registry_check_s, metrics,
                                         cfg.registry_pin(), cfg.state_dir)
+        #: The time and drop bounds (the specification's unless configured otherwise).
+        self.limits = cfg.chain.limits()
+        diff = self.limits.differences()
+        if diff:
+            log.warning("integrity bounds differ from the specification: %s", ", ".join(
+                f"{k} {v} (specification {spec})" for k, (v, spec) in diff.items()))
         self.trackers: dict[str, ChainTracker] = {}
         #: Last site each gateway reported (gaps are found between frames).
         self.sites: dict[str, str] = {}
@@ -218,6 +259,10 @@ class Pipeline:
         self._last_gap_check = time.monotonic()
         #: Vehicle test context from lane-controller readings, applied before detection.
         self.lanes = LaneContexts()
+        #: Registry refusals already raised as findings; whether the latest was refused.
+        self._registry_reported = 0
+        self._registry_was_refused = False
+        self._registry_findings()
 
     # -- per message ----------------------------------------------------------------
     def skip(self, ack: tuple[int, int, int]) -> None:
@@ -238,7 +283,8 @@ class Pipeline:
         b.messages += 1
         if ack is not None:
             b.acks.append(ack)
-        self.registry.maybe_reload()
+        if self.registry.maybe_reload() or self.registry.refusals != self._registry_reported:
+            self._registry_findings()
         topic_gw = gateway_of_topic(topic) if topic else None
         if topic and topic_gw is None:
             self._quarantine(topic, payload, received, "bad_topic",
@@ -272,6 +318,8 @@ class Pipeline:
             self._integrity(iss.kind, f.site, gw, iss.seq, received, iss.detail)
         if is_new:
             self._time_findings(f, received_ms, received)
+            if not conflict and f.events:
+                self._drop_findings(f, received)
         if "replay" in kinds:
             # The sequence was received long ago and its hash is no longer remembered:
             # the readings are not stored again, the frame is kept as evidence.
@@ -333,17 +381,103 @@ class Pipeline:
         entry = self.registry.registry.entries.get(f.key_id)
         if entry is None:
             return
-        for kind, detail in arrival_findings(f, received_ms, entry.backfill_s):
+        for kind, detail in arrival_findings(f, received_ms, entry.backfill_s,
+                                             self.limits.future_tolerance_ms):
             detail = {**detail, "clock_sync": f.clock_sync}
             sev = "high" if f.clock_sync == "synced" else None
             self._integrity(kind, f.site, f.gateway_id, f.seq, received, detail,
                             severity=sev)
 
+    def _registry_findings(self) -> None:
+        """A refused registry file is an integrity finding about the central side itself
+        (high: either someone tried to install a forged or rolled-back registry, or the
+        authority's latest changes, revocations included, are not in force); a version
+        accepted after a refusal closes it (low)."""
+        r = self.registry
+        serial = r.registry.serial
+        if r.refusals != self._registry_reported:
+            self._registry_reported = r.refusals
+            self._registry_was_refused = True
+            why = r.last_refusal or "?"
+            self._central_finding("registry_refused", "high", {
+                "file": str(r.path), "reason": why, "serial_in_force": serial,
+                "refusals": r.refusals,
+            }, (f"The key registry file {r.path} was refused: {why}. The ingest keeps "
+                f"verifying frames with the last registry it accepted (serial {serial}). "
+                "Changes the registry authority made after that version (new keys, "
+                "revocations) are not in force until a version signed by the pinned "
+                "authority that extends it is installed. A forged, altered or older "
+                "registry is what a refusal looks like; so is an installation mistake.",
+                f"密钥登记文件{r.path}被拒绝：{why}。接收服务继续使用上一次接受的登记"
+                f"（序号{serial}）验证数据帧。在安装由受信登记机构签名且延续该版本的登记之前，"
+                "登记机构此后所做的变更（新增密钥、吊销）均不生效。伪造、篡改或回滚的登记会"
+                "导致此拒绝，安装错误亦然。"))
+        if r.error is None and self._registry_was_refused:
+            self._registry_was_refused = False
+            self._central_finding("registry_current", "low", {
+                "file": str(r.path), "serial_in_force": serial,
+            }, (f"The key registry file {r.path} was accepted again (serial {serial}).",
+                f"密钥登记文件{r.path}已重新被接受（序号{serial}）。"))
+
+    def _central_finding(self, kind: str, sev: str, detail: dict[str, Any],
+                         summary: tuple[str, str]) -> None:
+        """An integrity finding about the central service, not about a gateway's frame:
+        an ``integrity`` point and an alert for site ``central`` (as
+        ingest/service_events.py raises its own), not fed to the detectors."""
+        now = time.time()
+        self._ts_tiebreak = (self._ts_tiebreak + 1) % 1000
+        self.batch.lines.append(integrity_line(
+            kind=kind, severity=sev, site=None, gateway=None, seq=None, detail=detail,
+            ts_ns=int(now * 1000) * 1_000_000 + self._ts_tiebreak * 1000))
+        self.metrics.inc("chain_events_total", kind=kind)
+        if SEVERITY_RANK[sev] < self.min_rank:
+            return
+        self.emit(Alert(rule="integrity", severity=sev,  # type: ignore[arg-type]
+                        site="central", instrument="", start=now, end=now,
+                        summary_en=summary[0], summary_zh=summary[1],
+                        evidence={"kind": kind, **detail},
+                        key=f"integrity|central|central|{kind}"))
+
+    def _drop_findings(self, f: Frame, received: float) -> None:
+        """Every signed ``data_dropped`` event is an integrity finding of the ingest
+        itself, alerted whether or not detection runs (the detection engine does not run
+        I-DROP in the ingest: ingest/engine_hook.py). A drop that cannot cover anything is
+        already a ``bad_drop_event`` of the chain tracker and is not reported twice."""
+        for e in f.events:
+            if e.kind != "data_dropped":
+                continue
+            drop = parse_drop(e, f.seq, self.limits.max_drop_span)
+            if isinstance(drop, str):
+                continue
+            detail: dict[str, Any] = {"instrument": e.instrument, **jsonable(e.detail)}
+            gw = f.gateway_id
+            if drop is not None:
+                en = (f"Gateway {gw} dropped frames {drop.first_seq}–{drop.last_seq} "
+                      f"({detail.get('frames', '?')} frames, {detail.get('readings', '?')} "
+                      f"readings) from its outbox before they could be delivered, and "
+                      f"signed the drop in frame {f.seq}. The readings of those frames "
+                      "are missing for good: an honest, declared hole in the record.")
+                zh = (f"网关{gw}在数据帧送达前从其缓存中丢弃了序号{drop.first_seq}至"
+                      f"{drop.last_seq}的数据帧（{detail.get('frames', '?')}帧，"
+                      f"{detail.get('readings', '?')}条读数），并在序号{f.seq}的数据帧中签名"
+                      "记录。这些读数永久缺失：这是已声明的数据缺口。")
+            else:
+                en = (f"Gateway {gw}: instrument {e.instrument} lost data before it could "
+                      f"be sealed ({detail.get('error', 'no reason given')}; "
+                      f"{detail.get('frames', '?')} lost), recorded in signed frame "
+                      f"{f.seq}.")
+                zh = (f"网关{gw}：仪器{e.instrument}的数据在签名前丢失"
+                      f"（{detail.get('error', '未说明原因')}；丢失{detail.get('frames', '?')}），"
+                      f"已记录于签名数据帧{f.seq}。")
+            self._integrity("data_dropped", f.site, gw, f.seq, received, detail,
+                            summary=(en, zh))
+
     def _tracker(self, gw: str) -> ChainTracker:
         t = self.trackers.get(gw)
         if t is None:
             st = self.store.load_chain(gw)
-            t = ChainTracker.from_json(st) if st is not None else ChainTracker(gw)
+            t = (ChainTracker.from_json(st, self.limits) if st is not None
+                 else ChainTracker(gw, self.limits))
             self.trackers[gw] = t
         return t
 
@@ -388,6 +522,7 @@ class Pipeline:
         detail: dict[str, Any],
         quarantine_id: int | None = None,
         severity: str | None = None,
+        summary: tuple[str, str] | None = None,
     ) -> None:
         sev = severity or SEVERITY.get(kind, "medium")
         self._ts_tiebreak = (self._ts_tiebreak + 1) % 1000
@@ -398,7 +533,10 @@ class Pipeline:
         if quarantine_id is None:
             self.metrics.inc("chain_events_total", kind=kind)
         if SEVERITY_RANK[sev] >= self.min_rank:
-            self.emit(integrity_alert(kind, sev, site, gw, seq, when, detail))
+            alert = integrity_alert(kind, sev, site, gw, seq, when, detail)
+            if summary is not None:
+                alert = replace(alert, summary_en=summary[0], summary_zh=summary[1])
+            self.emit(alert)
         if self.engine is not None:
             self._feed([integrity_event(kind, site, gw, seq, when, detail)])
 
@@ -451,6 +589,10 @@ class Pipeline:
     # -- periodic -------------------------------------------------------------------
     def check_gaps(self, now: float | None = None, grace_s: float | None = None,
                    force: bool = False) -> int:
+        """Periodic checks: overdue gaps, and the registry file (so that a new version,
+        or its refusal, takes effect while no frame arrives)."""
+        if self.registry.maybe_reload() or self.registry.refusals != self._registry_reported:
+            self._registry_findings()
         mono = time.monotonic()
         if not force and mono - self._last_gap_check < self.cfg.chain.gap_check_interval_s:
             return 0

@@ -540,6 +540,9 @@ class IngestService:
             "inbox_bytes": self.inbox.bytes,
             "last_commit_age_s": round(time.time() - self.last_commit, 3),
         }
+        # Informational, not part of "ok": a refused registry file leaves the last
+        # accepted one verifying frames (docs/security.md, "Key registry").
+        out["registry"] = self.pipeline.registry.status()
         if self.fatal is not None:
             out["fatal"] = self.fatal
         if self.disk_low:

@@ -74,6 +74,25 @@ def merge_metrics(texts: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+
+def merge_registry(workers: dict[str, Any]) -> dict[str, Any]:
+    """The workers' key registry states in one: ``refused`` if any worker refused the
+    file (naming which, and why), else the serial in force. Not part of ``ok``: the last
+    accepted registry keeps verifying (ingest/pipeline.py RegistryWatcher.status)."""
+    states = {k: h["registry"] for k, h in workers.items()
+              if isinstance(h, dict) and isinstance(h.get("registry"), dict)}
+    if not states:
+        return {"state": "unknown"}
+    refused = {k: r for k, r in states.items() if r.get("state") == "refused"}
+    serials = sorted({r.get("serial") for r in states.values()}, key=str)
+    out: dict[str, Any] = {"state": "refused" if refused else "current",
+                           "serial": serials[0] if len(serials) == 1 else serials}
+    if refused:
+        first = refused[min(refused)]
+        out["refused"] = {"workers": sorted(refused, key=int),
+                          **(first.get("refused") or {})}
+    return out
+
 class Supervisor:
     def __init__(self, cfg: IngestConfig, config_path: str, extra_args: list[str]):
         self.cfg = cfg
@@ -127,7 +146,7 @@ class Supervisor:
                     h = {"ok": False, "error": str(e)}
             workers[str(k)] = h
             ok = ok and bool(h.get("ok"))
-        return {"ok": ok, "workers": workers}
+        return {"ok": ok, "registry": merge_registry(workers), "workers": workers}
 
     def run(self) -> int:
         for s in (signal.SIGTERM, signal.SIGINT):

@@ -26,6 +26,11 @@ Verdicts (``ChainIssue.kind``):
 
 Time checks that need the arrival time (``created_future``, ``created_too_old``) are
 :func:`arrival_findings`.
+
+The bounds (clock skew, unsynchronised stretch, drop span) are the specification's
+(docs/wire-format.md §7.4, §8) unless a :class:`Limits` says otherwise: `stationseal verify`
+keeps the specification's values unless told, an ingest may be configured for a deployment
+whose gateways legitimately differ (ingest/config.py ``chain``).
 """
 
 from __future__ import annotations
@@ -42,16 +47,54 @@ from stationseal.records import Event
 #: How many recent frame hashes a tracker remembers per gateway. Older sequence numbers are
 #: still known to be received (interval set) but a re-sent one is then a ``replay``.
 HASH_WINDOW = 512
-#: Most sequence numbers one ``data_dropped`` event may excuse. The agent splits longer
-#: runs (agent/outbox.py); a bigger claim covers nothing and is a ``bad_drop_event``.
+#: Most sequence numbers one ``data_dropped`` event may excuse (specification value). The
+#: agent splits longer runs (agent/outbox.py); a bigger claim covers nothing and is a
+#: ``bad_drop_event``.
 MAX_DROP_SPAN = 100_000
 #: Most readings one frame may hold (the agent's batch_max_readings bound).
 MAX_FRAME_READINGS = 100_000
-#: A frame may say it was created at most this far after its arrival (clock skew).
+#: A frame may say it was created at most this far after its arrival (clock skew;
+#: specification value).
 FUTURE_TOLERANCE_MS = 120_000
-#: Longest stretch of frames saying "clock not synchronised" before ``clock_unsynced``.
+#: Longest stretch of frames saying "clock not synchronised" before ``clock_unsynced``
+#: (specification value).
 MAX_UNSYNCED_MS = 3_600_000
 _HEX64 = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of the time and drop checks. The defaults are the specification's
+    (docs/wire-format.md §7.4, §8.1, §8.3); every finding names the bound it was judged
+    on, so an alert raised under other values still explains itself."""
+
+    #: ``created_future``: how far a frame's creation may lie after its first arrival.
+    future_tolerance_ms: int = FUTURE_TOLERANCE_MS
+    #: ``clock_unsynced``: longest stretch of frames saying the clock is not synchronised.
+    max_unsynced_ms: int = MAX_UNSYNCED_MS
+    #: Most sequence numbers one signed ``data_dropped`` event may excuse.
+    max_drop_span: int = MAX_DROP_SPAN
+
+    def __post_init__(self) -> None:
+        for name, least in (("future_tolerance_ms", 0), ("max_unsynced_ms", 0),
+                            ("max_drop_span", 1)):
+            v = getattr(self, name)
+            if type(v) is not int or v < least:
+                raise ValueError(f"{name} must be an integer >= {least}, not {v!r}")
+
+    def differences(self) -> dict[str, tuple[int, int]]:
+        """Bounds that differ from the specification: name -> (this value, spec value)."""
+        return {n: (getattr(self, n), getattr(SPEC_LIMITS, n))
+                for n in ("future_tolerance_ms", "max_unsynced_ms", "max_drop_span")
+                if getattr(self, n) != getattr(SPEC_LIMITS, n)}
+
+    def to_json(self) -> dict[str, int]:
+        return {"future_tolerance_ms": self.future_tolerance_ms,
+                "max_unsynced_ms": self.max_unsynced_ms, "max_drop_span": self.max_drop_span}
+
+
+#: The specification's bounds.
+SPEC_LIMITS = Limits()
 
 
 @dataclass(slots=True)
@@ -124,7 +167,8 @@ class Drop:
     last_hash: bytes
 
 
-def parse_drop(e: Event, carrier_seq: int) -> Drop | str | None:
+def parse_drop(e: Event, carrier_seq: int, max_span: int = MAX_DROP_SPAN
+               ) -> Drop | str | None:
     """A gateway's signed drop, an error text if the event cannot cover anything, or None
     if the event is not a chain drop (instrument-level ``data_dropped``: readings never
     sealed, e.g. a serial receive queue that overflowed).
@@ -133,7 +177,8 @@ def parse_drop(e: Event, carrier_seq: int) -> Drop | str | None:
     detail has integers ``first_seq``, ``last_seq``, ``frames``, ``readings`` and
     ``last_hash`` (64 lowercase hex, the frame hash of ``last_seq``), with
     ``1 <= first_seq <= last_seq < carrier_seq``, ``frames = last_seq - first_seq + 1
-    <= MAX_DROP_SPAN`` and ``0 <= readings <= frames * MAX_FRAME_READINGS``.
+    <= max_span`` (the specification's ``MAX_DROP_SPAN`` unless configured otherwise) and
+    ``0 <= readings <= frames * MAX_FRAME_READINGS``.
     """
     if e.kind != "data_dropped" or e.instrument != "gateway":
         return None
@@ -149,8 +194,8 @@ def parse_drop(e: Event, carrier_seq: int) -> Drop | str | None:
         return (f"range {lo}..{hi} is not within 1..{carrier_seq - 1} (a drop precedes the "
                 "frame that reports it)")
     span = hi - lo + 1
-    if span > MAX_DROP_SPAN:
-        return f"range {lo}..{hi} covers {span} frames, more than {MAX_DROP_SPAN}"
+    if span > max_span:
+        return f"range {lo}..{hi} covers {span} frames, more than {max_span}"
     if vals["frames"] != span:
         return f"frames {vals['frames']} != last_seq - first_seq + 1 = {span}"
     if not 0 <= vals["readings"] <= span * MAX_FRAME_READINGS:
@@ -184,8 +229,9 @@ def arrival_findings(f: Frame, received_ms: int, backfill_s: int,
 class ChainTracker:
     """Chain state of one gateway. Serialisable so the ingest survives restarts."""
 
-    def __init__(self, gateway_id: str):
+    def __init__(self, gateway_id: str, limits: Limits = SPEC_LIMITS):
         self.gateway_id = gateway_id
+        self.limits = limits
         self.received = IntervalSet()
         self.dropped = IntervalSet()
         #: seq -> (frame hash, prev hash, boot id) for the most recent frames.
@@ -200,7 +246,7 @@ class ChainTracker:
         #: is not synchronised (None: the last frame said synchronised).
         self.unsynced_since: int | None = None
         self.unsynced_reported = False
-        self.max_unsynced_ms = MAX_UNSYNCED_MS
+        self.max_unsynced_ms = limits.max_unsynced_ms
 
     # -- observing -----------------------------------------------------------------
     def observe(self, f: Frame, now: float | None = None) -> tuple[bool, list[ChainIssue]]:
@@ -242,12 +288,12 @@ class ChainTracker:
 
         # Signed drop events cover ranges and carry the hash that links across them.
         for e in f.events:
-            drop = parse_drop(e, seq)
+            drop = parse_drop(e, seq, self.limits.max_drop_span)
             if drop is None:
                 continue
             if isinstance(drop, str):
                 issues.append(self._issue("bad_drop_event", seq, error=drop,
-                                          detail=_jsonable(e.detail)))
+                                          detail=jsonable(e.detail)))
                 continue
             issues += self._add_drop(drop, seq)
 
@@ -383,8 +429,10 @@ class ChainTracker:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ChainTracker:
-        t = cls(d["gateway_id"])
+    def from_json(cls, d: dict[str, Any], limits: Limits = SPEC_LIMITS) -> ChainTracker:
+        """The limits are configuration, not state: a restarted ingest judges with the
+        values it is configured with now."""
+        t = cls(d["gateway_id"], limits)
         t.received = IntervalSet([list(x) for x in d["received"]])
         t.dropped = IntervalSet([list(x) for x in d["dropped"]])
         t.recent = {
@@ -401,12 +449,12 @@ class ChainTracker:
         return t
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     """Event detail as JSON can carry it (an issue's detail is stored and alerted)."""
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, bytes):
         return v.hex()
     if isinstance(v, float) and not math.isfinite(v):

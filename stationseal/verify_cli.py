@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stationseal.chain import ChainIssue, ChainTracker, arrival_findings
+from stationseal.chain import SPEC_LIMITS, ChainIssue, ChainTracker, Limits, arrival_findings
 from stationseal.export import gateway_of_topic, read_frames
 from stationseal.frame import Frame, FrameError, split_payload
 from stationseal.records import to_rfc3339
@@ -72,6 +72,7 @@ class Report:
     receipts: bool = False
     registry_serial: int | None = None
     authority: str | None = None
+    limits: Limits = SPEC_LIMITS
 
     @property
     def ok(self) -> bool:
@@ -111,9 +112,12 @@ def load_receipts(path: str | Path) -> dict[bytes, int]:
 
 
 def verify_file(path: str | Path, registry: KeyRegistry,
-                receipts: dict[bytes, int] | None = None) -> Report:
+                receipts: dict[bytes, int] | None = None,
+                limits: Limits = SPEC_LIMITS) -> Report:
+    """``limits``: the specification's bounds unless the caller judges by a deployment's
+    own (the same values its ingest is configured with); the report names them."""
     rep = Report(receipts=receipts is not None, registry_serial=registry.serial or None,
-                 authority=registry.authority_fingerprint)
+                 authority=registry.authority_fingerprint, limits=limits)
     by_gw: dict[str, list[tuple[int, Frame]]] = {}
     received: dict[tuple[str, int, bytes], int] = {}
     for ff in read_frames(path):
@@ -152,7 +156,7 @@ def verify_file(path: str | Path, registry: KeyRegistry,
 
     for gw, frames in sorted(by_gw.items()):
         s = rep.gateways[gw] = GatewaySummary(gw)
-        tracker = ChainTracker(gw)
+        tracker = ChainTracker(gw, limits)
         frames.sort(key=lambda lf: (lf[1].seq, lf[0]))
         seen_line: dict[int, int] = {}
         for line, f in frames:
@@ -168,7 +172,8 @@ def verify_file(path: str | Path, registry: KeyRegistry,
                     s.without_receipt += 1
                 else:
                     entry = registry.entries[f.key_id]
-                    for kind, det in arrival_findings(f, rms, entry.backfill_s):
+                    for kind, det in arrival_findings(f, rms, entry.backfill_s,
+                                                      limits.future_tolerance_ms):
                         s.issues.append({"kind": kind, "seq": f.seq, "line": line, **det})
             s.frames += 1
             s.readings += f.reading_count
@@ -230,6 +235,10 @@ def _print_text(rep: Report, out: Any) -> None:
         )
     if rep.lines == 0:
         print("no frame in the file", file=out)
+    diff = rep.limits.differences()
+    if diff:
+        print("note: judged with bounds other than the specification's: " + ", ".join(
+            f"{k} {v} (specification {spec})" for k, (v, spec) in diff.items()), file=out)
     if not rep.receipts:
         print("note: without --receipts, key validity is judged on the gateways' own "
               "clocks and arrival times are not checked", file=out)
@@ -252,7 +261,17 @@ def run(args: argparse.Namespace) -> int:
             receipts = load_receipts(args.receipts)
         except ReceiptError as e:
             raise UsageError(str(e)) from None
-    rep = verify_file(args.frames, registry, receipts)
+    try:
+        limits = Limits(
+            future_tolerance_ms=round(args.future_tolerance * 1000)
+            if args.future_tolerance is not None else SPEC_LIMITS.future_tolerance_ms,
+            max_unsynced_ms=round(args.max_unsynced * 1000)
+            if args.max_unsynced is not None else SPEC_LIMITS.max_unsynced_ms,
+            max_drop_span=args.max_drop_span
+            if args.max_drop_span is not None else SPEC_LIMITS.max_drop_span)
+    except (ValueError, OverflowError) as e:
+        raise UsageError(str(e)) from None
+    rep = verify_file(args.frames, registry, receipts, limits)
     if args.json:
         json.dump(
             {
@@ -261,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
                 "registry_serial": rep.registry_serial,
                 "authority": rep.authority,
                 "receipts": rep.receipts,
+                "limits": rep.limits.to_json(),
+                "limits_differ_from_spec": sorted(rep.limits.differences()),
                 "failures": rep.failures,
                 "gateways": [g.to_json() for g in rep.gateways.values()],
             },
@@ -283,5 +304,13 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="central receipts (JSON Lines {frame_hash, received_ms}, from "
                         "`stationseal evidence receipts`): judge key validity and time "
                         "on the first arrival")
+    p.add_argument("--future-tolerance", type=float, metavar="SECONDS",
+                   help="created_future bound (default: the specification's 120 s); give "
+                        "the deployment's value to judge as its ingest does")
+    p.add_argument("--max-unsynced", type=float, metavar="SECONDS",
+                   help="clock_unsynced bound (default: the specification's 3600 s)")
+    p.add_argument("--max-drop-span", type=int, metavar="N",
+                   help="most sequence numbers one signed drop may excuse (default: the "
+                        "specification's 100000)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)

@@ -406,3 +406,121 @@ def test_signer_key_file_loads_as_gateway_key(tmp_path: Path) -> None:
     os.chmod(tmp_path / "authority.key", 0o600)
     assert Authority.load(tmp_path / "authority.key").fingerprint == a.fingerprint
     assert load_signer(tmp_path / "authority.key").key_id == a.key_id
+
+
+def _central_alerts(pipe: Pipeline) -> list[tuple[str, str]]:
+    return [(u.doc["evidence"]["kind"], u.doc["severity"]) for u in pipe.batch.alert_updates
+            if u.doc["site"] == "central"]
+
+
+def test_a_refused_registry_is_in_health_and_alerted_but_not_unhealthy(tmp_path: Path
+                                                                        ) -> None:
+    a = auth(tmp_path)
+    reg = bound()
+    p = signed(tmp_path, reg, a)
+    pipe = _pipeline(tmp_path, p, a)
+    st = pipe.registry.status()
+    assert st["state"] == "current" and st["serial"] == 1 and "refused" not in st
+    assert _central_alerts(pipe) == []
+    good = p.read_bytes()
+    reg.revoke(ED.key_id, T0 - 1, "compromised")
+    reg.save(p, a)
+    pipe.check_gaps()  # periodic: the new version is taken without any frame arriving
+    assert pipe.registry.registry.serial == 2 and _central_alerts(pipe) == []
+    p.write_bytes(good)  # rolled back to serial 1
+    pipe.check_gaps()
+    st = pipe.registry.status()
+    assert st["state"] == "refused" and st["serial"] == 2
+    assert "rollback" in st["refused"]["reason"] and st["refused"]["at"].endswith("Z")
+    assert _central_alerts(pipe) == [("registry_refused", "high")]
+    doc = pipe.batch.alert_updates[-1].doc
+    assert "serial 2" in doc["summary_en"] and "not in force" in doc["summary_en"]
+    assert any(ln.startswith("integrity,") and "kind=registry_refused" in ln
+               for ln in pipe.batch.lines)
+    pipe.check_gaps()
+    f = frame()
+    pipe.handle("stationseal/v1/gw-demo-1/frames", f.payload, T0 + 1)
+    assert _central_alerts(pipe).count(("registry_refused", "high")) == 1  # once per refusal
+    # A proper next version: current again; the recovery is recorded (low: no alert).
+    reg.add("gw-demo-2", vectors.build()["keys"]["p256"]["public_key"].encode(), T0 - 10,
+            sites=["E-1101-007"])
+    reg.save(p, a)
+    pipe.check_gaps()
+    assert pipe.registry.status()["state"] == "current"
+    assert any("kind=registry_current" in ln for ln in pipe.batch.lines)
+    assert _central_alerts(pipe) == [("registry_refused", "high")]
+
+
+def test_a_registry_refused_at_start_is_alerted(tmp_path: Path) -> None:
+    a = auth(tmp_path)
+    reg = bound()
+    p = signed(tmp_path, reg, a)
+    good = p.read_bytes()
+    reg.revoke(ED.key_id, T0 - 1, "retired")
+    reg.save(p, a)
+    _pipeline(tmp_path, p, a)  # accepts serial 2 into the state directory
+    p.write_bytes(good)
+    pipe = _pipeline(tmp_path, p, a)
+    assert pipe.registry.status()["state"] == "refused"
+    assert _central_alerts(pipe) == [("registry_refused", "high")]
+
+
+def test_the_supervisor_merges_the_workers_registry_states() -> None:
+    from ingest.supervisor import merge_registry
+
+    cur = {"state": "current", "serial": 4}
+    bad = {"state": "refused", "serial": 4,
+           "refused": {"at": "2026-01-01T00:00:00Z", "reason": "x: rollback", "refusals": 1}}
+    assert merge_registry({"0": {"ok": True, "registry": cur},
+                           "1": {"ok": True, "registry": cur}}) == {"state": "current",
+                                                                    "serial": 4}
+    m = merge_registry({"0": {"ok": True, "registry": cur}, "1": {"ok": True, "registry": bad},
+                        "2": {"ok": False, "error": "not running"}})
+    assert m["state"] == "refused" and m["refused"]["workers"] == ["1"]
+    assert m["refused"]["reason"] == "x: rollback"
+    assert merge_registry({"0": {"ok": False, "error": "not running"}}) == {"state": "unknown"}
+
+
+@pytest.mark.stack
+def test_healthz_names_a_refused_registry_and_stays_ok(stack: Any, tmp_path: Path) -> None:
+    """The live service: /healthz shows the refusal (time, reason) while ``ok`` stays
+    true, the alert goes out, and the last accepted registry keeps verifying."""
+    from ingest_support import create_db, drop_session, wait_for
+
+    from ingest.config import config_from_stack
+    from ingest.metrics import fetch
+    from ingest.service import IngestService
+
+    reg = bound()
+    rp = tmp_path / "registry.json"
+    reg.save(rp)
+    good = rp.read_bytes()
+    reg.revoke(ED.key_id, T0 - 1, "retired")
+    reg.save(rp)
+    cid = "ingest-test-registry"
+    create_db(stack.influx_url, "t_registry")
+    alerts = tmp_path / "alerts.jsonl"
+    cfg = config_from_stack(stack, rp, tmp_path / "state", mqtt={"client_id": cid},
+                            influx={"database": "t_registry", "flush_interval_ms": 50},
+                            alerts={"jsonl": str(alerts)}, registry_check_s=0.05)
+    svc = IngestService(cfg).start()
+    try:
+        def health() -> dict[str, Any]:
+            code, text = fetch(f"http://127.0.0.1:{svc.metrics_port}/healthz")
+            h: dict[str, Any] = json.loads(text)
+            h["_code"] = code
+            return h
+
+        assert wait_for(lambda: health()["ok"], 20), health()
+        assert health()["registry"]["state"] == "current"
+        assert health()["registry"]["serial"] == 2
+        rp.write_bytes(good)  # serial 1: a rollback
+        assert wait_for(lambda: health()["registry"]["state"] == "refused", 10), health()
+        h = health()
+        assert h["ok"] is True and h["_code"] == 200
+        assert h["registry"]["serial"] == 2 and "rollback" in h["registry"]["refused"]["reason"]
+        assert wait_for(lambda: alerts.exists() and "registry_refused" in alerts.read_text(),
+                        10)
+    finally:
+        svc.stop()
+        drop_session(stack, cid)

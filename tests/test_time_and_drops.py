@@ -241,29 +241,80 @@ def test_instrument_level_drops_are_not_chain_drops() -> None:
     assert chain_kinds([c.next(T0, events=[ev]), c.next(T0 + 1)]) == ([], [])
 
 
-def test_every_drop_is_alerted_by_the_drop_rule(tmp_path: Path) -> None:
-    """With detection on, each signed drop raises I-DROP (the ingest's own integrity
-    findings are for drops that cover nothing or contradict)."""
-    frames, _ = _dropped_chain()
-    cfg_dir = tmp_path
-    a = Authority.generate(cfg_dir / "authority.key")
-    registry().save(cfg_dir / "registry.json", a)
-    (cfg_dir / "SITES.yaml").write_text(json.dumps({"sites": {"S": {
+def _pipeline(tmp: Path, detection: bool, **chain: Any) -> Pipeline:
+    """gw-demo-1's pipeline, detection on (all rules) or off."""
+    a = Authority.generate(tmp / "authority.key")
+    registry().save(tmp / "registry.json", a)
+    (tmp / "SITES.yaml").write_text(json.dumps({"sites": {"S": {
         "kind": "stack_cems", "location": {"lat": 31.0, "lon": 121.0}}}}))
-    cfg = parse_config({"registry": str(cfg_dir / "registry.json"),
-                        "registry_authority": str(cfg_dir / "authority.pub.pem"),
-                        "state_dir": str(cfg_dir / "state"),
-                        "detection": {"enabled": True, "sites": str(cfg_dir / "SITES.yaml")}})
+    raw: dict[str, Any] = {"registry": str(tmp / "registry.json"),
+                           "registry_authority": str(tmp / "authority.pub.pem"),
+                           "state_dir": str(tmp / "state"),
+                           "detection": {"enabled": detection, "sites": str(tmp / "SITES.yaml")}}
+    if chain:
+        raw["chain"] = chain
+    cfg = parse_config(raw)
     from ingest.engine_hook import make_engine
 
-    (cfg_dir / "state").mkdir()
-    p = Pipeline(cfg, Store(cfg_dir / "state" / "s.db"), Metrics(),
-                 engine=make_engine(cfg.detection))
+    (tmp / "state").mkdir()
+    return Pipeline(cfg, Store(tmp / "state" / "s.db"), Metrics(),
+                    engine=make_engine(cfg.detection))
+
+
+def _drop_alerts(p: Pipeline) -> list[dict[str, Any]]:
+    return [u.doc for u in p.batch.alert_updates
+            if u.doc["rule"] == "I-DROP" or u.doc["evidence"].get("kind") == "data_dropped"]
+
+
+@pytest.mark.parametrize("detection", [False, True])
+def test_every_signed_drop_is_one_ingest_alert_with_or_without_detection(
+        tmp_path: Path, detection: bool) -> None:
+    """A drop is an integrity finding of the ingest itself: alerted with detection off,
+    and with detection on not a second time by I-DROP."""
+    frames, _ = _dropped_chain()
+    p = _pipeline(tmp_path, detection)
+    assert (p.engine is not None) == detection
     for f in frames:
         p.handle(TOPIC, f.payload, f.created + 1)
     p.finish_detection()
-    rules = [u.doc["rule"] for u in p.batch.alert_updates]
-    assert "I-DROP" in rules
+    drops = _drop_alerts(p)
+    assert [(d["rule"], d["severity"], d["evidence"]["seq"], d["evidence"]["first_seq"],
+             d["evidence"]["last_seq"]) for d in drops] == [("integrity", "medium", 7, 4, 6)]
+    assert "frames 4–6" in drops[0]["summary_en"] and "in frame 7" in drops[0]["summary_en"]
+    kinds = [ln.split("kind=")[1].split(",")[0] for ln in p.batch.lines
+             if ln.startswith("integrity,")]
+    assert kinds == ["data_dropped"]
+    # Delivered again (QoS 1): no second alert.
+    p.handle(TOPIC, frames[-1].payload, frames[-1].created + 2)
+    assert len(_drop_alerts(p)) == 1
+
+
+@pytest.mark.parametrize("detection", [False, True])
+def test_an_instrument_level_drop_is_alerted_and_a_bad_drop_only_once(
+        tmp_path: Path, detection: bool) -> None:
+    p = _pipeline(tmp_path, detection)
+    c = Chain()
+    ev = Event("serial-1", "data_dropped", T0, {"error": "queue full", "frames": 3})
+    p.handle(TOPIC, c.next(T0, events=[ev]).payload, T0 + 1)
+    bad = c.next(T0 + 5, skip=3, events=[drop(2, 4, None)])  # no last_hash: covers nothing
+    p.handle(TOPIC, bad.payload, T0 + 6)
+    p.finish_detection()
+    drops = _drop_alerts(p)
+    assert [(d["rule"], d["evidence"]["instrument"]) for d in drops] == [
+        ("integrity", "serial-1")]
+    assert "queue full" in drops[0]["summary_en"]
+    kinds = sorted(u.doc["evidence"].get("kind") for u in p.batch.alert_updates
+                   if u.doc["rule"] == "integrity")
+    assert kinds == ["bad_drop_event", "data_dropped"]
+
+
+def test_the_engine_does_not_run_i_drop_in_the_ingest(tmp_path: Path) -> None:
+    from ingest.engine_hook import RAISED_BY_INGEST
+
+    p = _pipeline(tmp_path, True)
+    assert p.engine is not None
+    rules = p.engine.engine.rules  # type: ignore[attr-defined]
+    assert "I-DROP" in RAISED_BY_INGEST and "I-DROP" not in rules and "I-GAP" in rules
 
 
 def test_the_outbox_splits_runs_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -297,3 +348,111 @@ def test_poisoned_drop_is_filed_by_name_in_the_live_ingest(tmp_path: Path) -> No
                    if ln.startswith("integrity,"))
     assert kinds == ["bad_drop_event", "gap"]
     assert p.store.quarantine_counts() == {}
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def pipeline_with(tmp: Path, reg: KeyRegistry, **chain: Any) -> Pipeline:
+    a = Authority.generate(tmp / "authority.key")
+    reg.save(tmp / "registry.json", a)
+    cfg = parse_config({"registry": str(tmp / "registry.json"),
+                        "registry_authority": str(tmp / "authority.pub.pem"),
+                        "state_dir": str(tmp / "state"), "chain": chain,
+                        "detection": {"enabled": False}})
+    (tmp / "state").mkdir(exist_ok=True)
+    return Pipeline(cfg, Store(tmp / "state" / "s.db"), Metrics())
+
+
+def test_the_ingest_bounds_default_to_the_specification() -> None:
+    from stationseal.chain import SPEC_LIMITS
+
+    cfg = parse_config({"registry": "r.json", "registry_authority": "0" * 64, "state_dir": "s"})
+    assert cfg.chain.limits() == SPEC_LIMITS
+    assert SPEC_LIMITS.to_json() == {"future_tolerance_ms": 120_000,
+                                     "max_unsynced_ms": 3_600_000, "max_drop_span": 100_000}
+
+
+@pytest.mark.parametrize("key,bad,good", [
+    ("future_tolerance_s", [0, 3601, 1.5, "x"], [1, 3600]),
+    ("max_unsynced_s", [59, 7 * 86400 + 1], [60, 7 * 86400]),
+    ("max_drop_span", [0, 1_000_001], [1, 1_000_000]),
+])
+def test_the_ingest_bounds_are_validated(key: str, bad: list[Any], good: list[Any]) -> None:
+    from ingest.config import ConfigError
+
+    base = {"registry": "r.json", "registry_authority": "0" * 64, "state_dir": "s"}
+    for v in bad:
+        with pytest.raises(ConfigError, match=key):
+            parse_config({**base, "chain": {key: v}})
+    for v in good:
+        assert getattr(parse_config({**base, "chain": {key: v}}).chain, key) == v
+
+
+def test_a_configured_future_tolerance_is_used_on_both_sides_of_it(tmp_path: Path) -> None:
+    p = pipeline_with(tmp_path, registry(), future_tolerance_s=600)
+    c = Chain()
+    p.handle(TOPIC, c.next(T0 + 599.9).payload, T0)  # beyond the spec's 120 s, within 600
+    assert findings(p) == []
+    p.handle(TOPIC, c.next(T0 + 601).payload, T0)
+    assert findings(p) == [("created_future", "high")]
+    assert p.batch.alert_updates[0].doc["evidence"]["tolerance_s"] == 600
+
+
+def test_a_configured_unsynced_limit_is_used_on_both_sides_of_it(tmp_path: Path) -> None:
+    p = pipeline_with(tmp_path, registry(), max_unsynced_s=6 * 3600)
+    c = Chain()
+    lim = 6 * 3600
+    p.handle(TOPIC, c.next(T0, clock="unsynced").payload, T0)
+    p.handle(TOPIC, c.next(T0 + lim, clock="unsynced").payload, T0 + lim)
+    assert findings(p) == []  # 6 h: beyond the spec's hour, at the configured limit
+    p.handle(TOPIC, c.next(T0 + lim + 1, clock="unsynced").payload, T0 + lim + 1)
+    assert findings(p) == [("clock_unsynced", "medium")]
+    # A tracker restored from its state keeps judging with the configured value.
+    t = p.trackers["gw-demo-1"]
+    assert ChainTracker.from_json(t.to_json(), p.limits).max_unsynced_ms == lim * 1000
+
+
+def test_a_configured_drop_span_is_used_on_both_sides_of_it(tmp_path: Path) -> None:
+    frames, _ = _dropped_chain()  # one drop of 3 sequence numbers (4..6)
+    for cap, kinds in ((3, ["data_dropped"]), (2, ["bad_drop_event", "gap"])):
+        p = pipeline_with(tmp_path / str(cap), registry(), max_drop_span=cap)
+        for f in frames:
+            p.handle(TOPIC, f.payload, f.created + 1)
+        p.check_gaps(now=T0 + 10**6, grace_s=0.0, force=True)
+        got = sorted(ln.split("kind=")[1].split(",")[0] for ln in p.batch.lines
+                     if ln.startswith("integrity,"))
+        assert got == kinds, cap
+
+
+def test_stationseal_verify_keeps_the_spec_bounds_unless_told(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    from stationseal.chain import Limits
+    from stationseal.cli import main
+
+    reg = registry()
+    c = Chain()
+    f1 = c.next(T0)
+    f2 = c.next(T0 + 300)  # 5 minutes ahead of its arrival
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(line_for(TOPIC, f.payload) + "\n" for f in (f1, f2)))
+    receipts = {f1.frame_hash: int(T0 * 1000), f2.frame_hash: int(T0 * 1000) + 1000}
+    rep = verify_file(path, reg, receipts)
+    assert [i["kind"] for i in rep.gateways["gw-demo-1"].issues] == ["created_future"]
+    rep = verify_file(path, reg, receipts, Limits(future_tolerance_ms=600_000))
+    assert rep.ok
+    # The command line: spec values by default, the deployment's when given, and named.
+    a = Authority.generate(tmp_path / "authority.key")
+    reg.save(tmp_path / "registry.json", a)
+    (tmp_path / "receipts.jsonl").write_text("".join(
+        json.dumps({"frame_hash": h.hex(), "received_ms": t}) + "\n"
+        for h, t in receipts.items()))
+    args = [str(path), "--registry", str(tmp_path / "registry.json"), "--authority",
+            str(tmp_path / "authority.pub.pem"), "--receipts", str(tmp_path / "receipts.jsonl")]
+    assert main(["verify", *args]) == 1
+    assert main(["verify", *args, "--future-tolerance", "600"]) == 0
+    out = capsys.readouterr().out
+    assert "future_tolerance_ms 600000 (specification 120000)" in out and "VERIFIED" in out
+    assert main(["verify", *args, "--max-drop-span", "0"]) == 2
+    assert "max_drop_span" in capsys.readouterr().err

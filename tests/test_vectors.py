@@ -135,7 +135,11 @@ def test_line_vectors_ingest_import(v: dict[str, Any], tmp_path: Path) -> None:
     assert pipe.store.quarantine_counts() == {v["expected"]: 1}
 
 
-def _ingest_issues(c: dict[str, Any], tmp: Path) -> list[tuple[str, int]]:
+def _ingest_issues(c: dict[str, Any], tmp: Path,
+                   drops: list[tuple[int, int]] | None = None) -> list[tuple[str, int]]:
+    """The ingest's integrity findings (kind, seq). Its ``data_dropped`` findings (every
+    signed drop, alerted; not a failure: a file with valid drops verifies) go to
+    ``drops`` as (first_seq, last_seq) instead."""
     pipe = _pipeline(tmp)
     rec = {r["frame_hash"]: r["received_ms"] for r in c.get("receipts", [])}
     for ln in c["lines"]:
@@ -149,6 +153,11 @@ def _ingest_issues(c: dict[str, Any], tmp: Path) -> list[tuple[str, int]]:
     for ln in pipe.batch.lines:
         if ln.startswith("integrity,"):
             _, tags, fields, _ = parse_line(ln)
+            if tags["kind"] == "data_dropped":
+                d = json.loads(str(fields["detail"]))
+                if drops is not None and "first_seq" in d:
+                    drops.append((d["first_seq"], d["last_seq"]))
+                continue
             out.append((tags["kind"], int(fields["seq"])))
     return sorted(out)
 
@@ -172,8 +181,11 @@ def test_chain_vectors_all_three(c: dict[str, Any], tmp_path: Path) -> None:
     out = _cli(frames, receipts)
     cli = sorted((i["kind"], i["seq"]) for g in out["gateways"] for i in g["issues"])
     assert cli == expected and out["ok"] == c["verified"]
-    # ingest
-    assert _ingest_issues(c, tmp_path) == expected
+    # ingest; every drop the verifier counts as covering its range is alerted once
+    drops: list[tuple[int, int]] = []
+    assert _ingest_issues(c, tmp_path, drops) == expected
+    covered = sorted(tuple(r) for g in out["gateways"] for r in g["dropped_at_gateway"])
+    assert sorted(drops) == covered
 
 
 def test_gap_is_charged_to_the_frame_after_it(tmp_path: Path) -> None:

@@ -213,6 +213,11 @@ class DataDroppedRule(_IntegrityRule):
     Event ``data_dropped`` (detail ``first_seq``, ``last_seq``, ``frames``, ``readings``).
     Honest but a hole in the record. Severity `severity`; `during_severity` during a test or
     exceedance.
+
+    For offline detection over records files. The live ingest does not run this rule:
+    there every signed drop is an integrity finding of the ingest itself (``data_dropped``,
+    rule ``integrity``, severity medium), raised whether or not detection runs, so one
+    drop is one alert (ingest/engine_hook.py ``RAISED_BY_INGEST``).
     """
 
     rule: ClassVar[str] = "I-DROP"
