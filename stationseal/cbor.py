@@ -176,8 +176,27 @@ def check_wellformed(data: bytes, max_depth: int = MAX_DEPTH) -> None:
     subset frames use: no tags, no indefinite lengths, no simple values other than
     false/true/null, map keys text strings, nesting at most ``max_depth`` deep, no count
     larger than the bytes left could hold. Walks heads only; decodes nothing."""
+    i = _walk(data, 0, max_depth)
+    if i != len(data):
+        raise CBORError(f"{len(data) - i} trailing byte(s) after the item")
+
+
+def item_ends(data: bytes, start: int, count: int, max_depth: int = MAX_DEPTH) -> list[int]:
+    """The end offsets of ``count`` consecutive items of the subset starting at
+    ``start``, each walked as :func:`check_wellformed` walks one (``max_depth`` applies to
+    each). The body of a frame is an array head and its items: walking the items one by
+    one gives their boundaries, so each can be decoded and checked on its own."""
+    out: list[int] = []
+    i = start
+    for _ in range(count):
+        i = _walk(data, i, max_depth)
+        out.append(i)
+    return out
+
+
+def _walk(data: bytes, i: int, max_depth: int) -> int:
+    """The end of the one well-formed item of the subset starting at ``i``."""
     n = len(data)
-    i = 0
     stack: list[tuple[int, int]] = []
     left = 1  # items still to read at this level
     keys = 0  # 0: not in a map; 1: a key is next; 2: a value is next
@@ -245,8 +264,7 @@ def check_wellformed(data: bytes, max_depth: int = MAX_DEPTH) -> None:
             raise CBORError(f"byte {i - 1}: tags do not occur in frames")
         if ai not in (20, 21, 22, 25, 26, 27):
             raise CBORError(f"byte {i - 1}: simple value 0x{b:02x} does not occur in frames")
-    if i != n:
-        raise CBORError(f"{n - i} trailing byte(s) after the item")
+    return i
 
 
 def decode(data: bytes) -> Any:

@@ -259,10 +259,12 @@ def _check_header(
     prev_hash: bytes,
     created_ms: int,
     clock_sync: str,
+    names_checked: bool = False,
 ) -> None:
-    check_name("gateway_id", gateway_id)
-    check_name("site", site)
-    check_name("key_id", key_id, KEY_ID_RE)
+    if not names_checked:
+        check_name("gateway_id", gateway_id)
+        check_name("site", site)
+        check_name("key_id", key_id, KEY_ID_RE)
     if alg not in ALG_IDS:
         raise FrameError("schema", f"alg {alg!r} unknown")
     if type(boot_id) is not bytes or len(boot_id) != 16:
@@ -540,65 +542,147 @@ def decode(payload: bytes, materialize: bool = True) -> Frame:
     With ``materialize=False`` the readings are validated but left as ``Frame.rows``.
     """
     body, sig = split_payload(payload)
-    peek_header(body)
-    return decode_body(body, sig, payload, materialize)
+    hdr = peek_header(body)
+    return decode_body(body, sig, payload, materialize, hdr)
 
 
-def decode_body(body: bytes, sig: bytes, payload: bytes, materialize: bool = True) -> Frame:
-    """The body, after its header was peeked (and, in verification, its signature
-    checked). Order of checks (docs/wire-format.md §5): well-formed CBOR of the frame
-    subset, an array of 13, deterministic encoding (all ``malformed``), then each field's
-    domain in body order (``schema``)."""
+class _ChannelTables:
+    """Channel tables already decoded and found valid, by their exact bytes.
+
+    A gateway sends the same channel table frame after frame; decoding it, re-encoding it
+    for the canonical check and matching three patterns per channel is a sizeable part of
+    verifying a frame. Identical bytes decode to the identical table, so a table seen
+    before is taken as it was found then. Bounded in entries and bytes; a hostile peer
+    sending ever new tables only costs the work a table always costs."""
+
+    MAX_ENTRIES = 4096
+    MAX_BYTES = 8 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.tables: dict[bytes, tuple[tuple[str, str, str], ...]] = {}
+        self.nbytes = 0
+
+    def get(self, data: bytes) -> tuple[tuple[str, str, str], ...] | None:
+        return self.tables.get(data)
+
+    def put(self, data: bytes, table: tuple[tuple[str, str, str], ...]) -> None:
+        if len(data) > self.MAX_BYTES // 64:
+            return
+        if len(self.tables) >= self.MAX_ENTRIES or self.nbytes + len(data) > self.MAX_BYTES:
+            self.tables = {}
+            self.nbytes = 0
+        self.tables[data] = table
+        self.nbytes += len(data)
+
+
+_CHANNEL_TABLES = _ChannelTables()
+#: Head of the array of the ten header items (items 0-9), decoded as one.
+_HEADER_ARRAY = b"\x8a"
+
+
+def _canonical(obj: Any, data: bytes) -> bool:
+    """``data`` is the deterministic encoding of ``obj``. cbor2's C encoder first; it
+    differs from RFC 8949 only for half-exact floats with 32768 <= |v| <= 65504 (written
+    as single precision): when such a float may occur, or cbor2 disagrees, the reference
+    encoder decides. Invalid UTF-8 (decoded with replacement characters) never
+    re-encodes to the input."""
     try:
-        b = cbor.decode(body)
+        same = cbor2.dumps(obj, canonical=True) == data
+    except Exception:
+        same = False
+    if not same or _CBOR2_DIVERGES.search(data):
+        same = cbor.is_canonical(data, obj)
+    return same
+
+
+def _loads(data: bytes, what: str) -> Any:
+    """Decode a part of the body that :func:`cbor.item_ends` walked (so it is within
+    the frame subset and cbor2's leaking error paths cannot be reached)."""
+    try:
+        return cbor2.loads(data, str_errors="replace")
+    except Exception as e:  # cbor2 raises several types; the caller needs one
+        raise FrameError("malformed", f"{what}: not valid CBOR: {e}") from None
+
+
+def decode_body(body: bytes, sig: bytes, payload: bytes, materialize: bool = True,
+                header: Header | None = None) -> Frame:
+    """The body, after its header was peeked (``header``; and, in verification, its
+    signature checked). Order of checks (docs/wire-format.md §5): well-formed CBOR of
+    the frame subset, an array of 13, deterministic encoding (all ``malformed``), then
+    each field's domain in body order (``schema``).
+
+    The body is walked item by item (:func:`cbor.item_ends`), then its parts are decoded
+    and checked for deterministic encoding separately: the header items, the channel
+    table (taken from :class:`_ChannelTables` when the same bytes were seen before), the
+    readings and the events. Every part of the body is checked, as a whole-body check
+    would."""
+    if not body or body[0] != 0x8D:
+        raise FrameError("malformed", "body is not an array of 13 items")
+    try:
+        ends = cbor.item_ends(body, 1, 13, cbor.MAX_DEPTH - 1)
     except cbor.CBORError as e:
         raise FrameError("malformed", f"body: {e}") from None
-    if type(b) is not list or len(b) != 13:
-        raise FrameError("malformed", "body is not an array of 13 items")
-    evs = b[12]
-    # Canonical check. Events may hold maps: they go through the reference encoder; the
-    # rest through cbor2's C encoder, which differs from RFC 8949 only for half-exact
-    # floats with 32768 <= |v| <= 65504 (it writes them as single precision): a match is
-    # trusted unless such a single-precision float occurs; any doubt goes to the reference
-    # encoder. Invalid UTF-8 (decoded with replacement characters) never re-encodes to
-    # the input.
+    if ends[12] != len(body):
+        raise FrameError("malformed", f"body: {len(body) - ends[12]} trailing byte(s) after "
+                         "the array of 13 items")
+    hdr_bytes = _HEADER_ARRAY + body[1 : ends[9]]
+    chan_bytes = body[ends[9] : ends[10]]
+    rec_bytes = body[ends[10] : ends[11]]
+    ev_bytes = body[ends[11] :]
+    hdr = _loads(hdr_bytes, "header")
+    if not _canonical(hdr, hdr_bytes):
+        raise FrameError("malformed", "body: items 0-9 are not in canonical CBOR encoding")
+    known = _CHANNEL_TABLES.get(chan_bytes)
+    chans: Any = None
+    if known is None:
+        chans = _loads(chan_bytes, "channels")
+        if not _canonical(chans, chan_bytes):
+            raise FrameError("malformed", "body: the channel table is not in canonical CBOR "
+                             "encoding")
+    recs = _loads(rec_bytes, "readings")
+    if not _canonical(recs, rec_bytes):
+        raise FrameError("malformed", "body: the readings are not in canonical CBOR "
+                         "encoding")
+    # Events may hold maps: the reference encoder sorts their keys (cbor2 keeps the last
+    # of duplicate keys, which then does not re-encode to the input).
+    evs = _loads(ev_bytes, "events")
     try:
-        evs_bytes = cbor.encode(evs)
-    except cbor.CBORError as e:
-        raise FrameError("malformed", f"events: {e}") from None
-    if not body.endswith(evs_bytes):
-        raise FrameError("malformed", "body is not in canonical CBOR encoding")
-    prefix = b"\x8c" + body[1 : len(body) - len(evs_bytes)]  # items 0..11 as a 12-array
-    try:
-        canonical = cbor2.dumps(b[:12], canonical=True) == prefix
-    except Exception:
-        canonical = False
-    if not canonical or _CBOR2_DIVERGES.search(prefix):
-        canonical = cbor.is_canonical(prefix, b[:12])
-    if not canonical:
-        raise FrameError("malformed", "body is not in canonical CBOR encoding")
+        same = cbor.encode(evs) == ev_bytes
+    except cbor.CBORError:
+        same = False
+    if not same:
+        raise FrameError("malformed", "body: the events are not in canonical CBOR encoding")
 
-    (ver, gw, site, key_id, alg_id, boot_id, seq, prev_hash, created_ms, clk, chans, recs,
-     _) = b
+    (ver, gw, site, key_id, alg_id, boot_id, seq, prev_hash, created_ms, clk) = hdr
     if ver != FORMAT_VERSION or type(ver) is not int:
         raise FrameError("schema", f"format version {_short(ver)} is not {FORMAT_VERSION}")
     if type(alg_id) is not int or alg_id not in ALG_NAMES:
         raise FrameError("schema", f"alg {_short(alg_id)} unknown")
     alg = ALG_NAMES[alg_id]
     clock = CLOCK_NAMES.get(clk) if type(clk) is int else None
+    # The names were matched against their patterns when the header was peeked: equal
+    # texts need not be matched again.
+    peeked = header is not None and (gw, site, key_id) == (
+        header.gateway_id, header.site, header.key_id) and type(gw) is str and \
+        type(site) is str and type(key_id) is str
     _check_header(gw, site, key_id, alg, boot_id, seq, prev_hash, created_ms,
-                  clock if clock is not None else f"<{_short(clk)}>")
+                  clock if clock is not None else f"<{_short(clk)}>", names_checked=peeked)
     assert clock is not None
-    if type(chans) is not list or type(recs) is not list or type(evs) is not list:
+    if (known is None and type(chans) is not list) or type(recs) is not list or \
+            type(evs) is not list:
         raise FrameError("schema", "channels, readings and events must be arrays")
-    channels: list[tuple[str, str, str]] = []
-    for i, c in enumerate(chans):
-        if type(c) is not list or len(c) != 3:
-            raise FrameError("schema", f"channels[{i}] is not [instrument, signal, unit]")
-        _check_channel(i, c[0], c[1], c[2])
-        channels.append((c[0], c[1], c[2]))
-    if len(set(channels)) != len(channels):
-        raise FrameError("schema", "channels: the same (instrument, signal, unit) twice")
+    if known is None:
+        table: list[tuple[str, str, str]] = []
+        for i, c in enumerate(chans):
+            if type(c) is not list or len(c) != 3:
+                raise FrameError("schema", f"channels[{i}] is not [instrument, signal, unit]")
+            _check_channel(i, c[0], c[1], c[2])
+            table.append((c[0], c[1], c[2]))
+        if len(set(table)) != len(table):
+            raise FrameError("schema", "channels: the same (instrument, signal, unit) twice")
+        known = tuple(table)
+        _CHANNEL_TABLES.put(chan_bytes, known)
+    channels = list(known)
     nch = len(channels)
     # Column-wise checks at C speed (a frame holds hundreds of readings); the per-item
     # loop runs only to name the first offending item when a column check fails.

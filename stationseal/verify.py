@@ -68,7 +68,7 @@ def verify_payload(
         raise Rejected("bad_signature", f"signature does not verify under key {hdr.key_id}",
                        None, hdr)
     try:
-        f = fr.decode_body(body, sig, payload, materialize)
+        f = fr.decode_body(body, sig, payload, materialize, hdr)
     except fr.FrameError as e:
         raise Rejected(e.reason, e.detail, None, hdr) from None
     try:

@@ -142,11 +142,12 @@ def test_signature_is_checked_before_the_body_is_decoded(monkeypatch: pytest.Mon
     bad = bytearray(f.payload)
     bad[-1] ^= 1  # the signature, not the body
 
-    def no_decoding(data: bytes) -> Any:
+    def no_decoding(*args: Any) -> Any:
         raise AssertionError("the body was decoded before its signature was checked")
 
     monkeypatch.setattr(cbor, "decode", no_decoding)
     monkeypatch.setattr(cbor, "check_wellformed", no_decoding)
+    monkeypatch.setattr(cbor, "item_ends", no_decoding)
     assert verdict(bytes(bad)) == "bad_signature"
 
 
@@ -341,3 +342,85 @@ def test_structural_walk_fast_path_agrees_with_the_item_walk(data: st.DataObject
     assert fast == slow
     if fast:
         cbor2.loads(bytes(body), str_errors="replace")
+
+
+# --------------------------------------------------------------------------- part-wise decoding
+
+
+def _good_body(chans: list[list[str]] | None = None) -> bytes:
+    return cbor.encode(items(chans=chans or [["a1", "co_pct", "%vol"], ["a2", "o2", "%"]],
+                             recs=[[0, -5, 0.5, "N", None], [1, -4, 20.9, "N", b"\x01"]]))
+
+
+def _non_canonical_variants(body: bytes) -> dict[str, bytes]:
+    """The same content, each time one part written with a longer head than needed."""
+    out: dict[str, bytes] = {}
+    site = b"\x61S"
+    assert body.count(site) == 1
+    out["header"] = body.replace(site, b"\x78\x01S")
+    chan = b"\x62a2"
+    assert body.count(chan) == 1
+    out["channels"] = body.replace(chan, b"\x78\x02a2")
+    rec = b"\x85\x01\x23"  # [1, -4, ...
+    assert body.count(rec) == 1
+    out["readings"] = body.replace(rec, b"\x85\x18\x01\x23")
+    assert body.endswith(b"\x80")
+    out["events"] = body[:-1] + b"\x98\x00"
+    return out
+
+
+@pytest.mark.parametrize("part", ["header", "channels", "readings", "events"])
+def test_each_part_of_the_body_must_be_canonical_even_with_a_known_table(part: str) -> None:
+    body = _good_body()
+    good = vectors.envelope(body, ED.sign(body))
+    assert verdict(good) == "valid"  # its channel table is now known
+    bad = _non_canonical_variants(body)[part]
+    assert verdict(vectors.envelope(bad, ED.sign(bad))) == "malformed", part
+    with pytest.raises(FrameError) as ei:
+        fr.decode(vectors.envelope(bad, ED.sign(bad)))
+    assert ei.value.reason == "malformed" and ("canonical" in ei.value.detail
+                                               or "array" in ei.value.detail)
+    assert verdict(good) == "valid"
+
+
+def test_a_known_channel_table_decodes_to_the_same_unshared_table() -> None:
+    body = _good_body([["a1", "co_pct", "%vol"], ["a2", "o2", "%"]])
+    p = vectors.envelope(body, ED.sign(body))
+    f1 = fr.decode(p)
+    f1.channels.append(("x", "y", "z"))  # a receiver's own list
+    f2 = fr.decode(p)
+    assert f2.channels == [("a1", "co_pct", "%vol"), ("a2", "o2", "%")]
+    assert [r.instrument for r in f2.readings] == ["a1", "a2"]
+    # The table is only remembered once valid: an invalid one is refused every time.
+    bad_body = cbor.encode(items(chans=[["a#1", "co_pct", "%vol"]]))
+    for _ in range(2):
+        with pytest.raises(FrameError) as ei:
+            fr.decode(vectors.envelope(bad_body, ED.sign(bad_body)))
+        assert ei.value.reason == "schema" and "instrument" in ei.value.detail
+
+
+def test_the_channel_table_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = fr._ChannelTables()
+    monkeypatch.setattr(fr, "_CHANNEL_TABLES", tables)
+    monkeypatch.setattr(fr._ChannelTables, "MAX_ENTRIES", 8)
+    for k in range(50):
+        body = cbor.encode(items(chans=[[f"i{k}", "co_pct", "%vol"]]))
+        fr.decode(vectors.envelope(body, ED.sign(body)))
+        assert len(tables.tables) <= 8 and tables.nbytes <= tables.MAX_BYTES
+    huge = [[f"i{k}", "s" * 60, "u"] for k in range(3000)]  # one table above MAX_BYTES/64
+    body = cbor.encode(items(chans=huge, recs=[[0, -5, 0.5, "N", None]]))
+    before = dict(tables.tables)
+    assert len(fr.decode(vectors.envelope(body, ED.sign(body))).channels) == 3000
+    assert tables.tables == before
+
+
+def test_schema_errors_keep_body_order_with_a_known_table() -> None:
+    """A header field out of its domain is named first even though the channel table
+    is already known (remembered tables skip work, not checks)."""
+    body = _good_body()
+    assert verdict(vectors.envelope(body, ED.sign(body))) == "valid"
+    bad = cbor.encode(items(chans=[["a1", "co_pct", "%vol"], ["a2", "o2", "%"]],
+                            recs=[[7, -5, 0.5, "N", None]], clock=9))
+    with pytest.raises(FrameError) as ei:
+        fr.decode(vectors.envelope(bad, ED.sign(bad)))
+    assert ei.value.reason == "schema" and "clock_sync" in ei.value.detail
