@@ -15,7 +15,7 @@ from typing import Any
 from evidence.records import Record
 from ingest.detectors.base import SiteInfo
 from ingest.detectors.engine import DetectionEngine
-from stationseal.chain import ChainTracker
+from stationseal.chain import ChainTracker, parse_drop
 from stationseal.frame import Frame
 from stationseal.records import from_rfc3339
 
@@ -65,8 +65,15 @@ def chain_issues(frames: list[Frame]) -> list[dict[str, Any]]:
     trackers: dict[str, ChainTracker] = {}
     for f in sorted(frames, key=lambda f: (f.gateway_id, f.seq)):
         t = trackers.setdefault(f.gateway_id, ChainTracker(f.gateway_id))
-        _, issues = t.observe(f)
+        conflict = f.seq in t.received
+        new, issues = t.observe(f)
         out += [{"kind": i.kind, "gateway": f.gateway_id, "seq": i.seq} for i in issues]
+        if new and not conflict:
+            # Every signed drop is the ingest's integrity finding data_dropped (at the
+            # frame carrying it), unless it covers nothing (then it is a bad_drop_event).
+            out += [{"kind": "data_dropped", "gateway": f.gateway_id, "seq": f.seq}
+                    for e in f.events if e.kind == "data_dropped"
+                    and not isinstance(parse_drop(e, f.seq), str)]
     for gw, t in trackers.items():
         out += [{"kind": "gap", "gateway": gw, "seq": a} for a, _ in t.open_gaps()]
     return out

@@ -456,3 +456,17 @@ def test_stationseal_verify_keeps_the_spec_bounds_unless_told(tmp_path: Path,
     assert "future_tolerance_ms 600000 (specification 120000)" in out and "VERIFIED" in out
     assert main(["verify", *args, "--max-drop-span", "0"]) == 2
     assert "max_drop_span" in capsys.readouterr().err
+
+
+def test_an_evidence_package_reproduces_the_drop_finding(tmp_path: Path) -> None:
+    """The drop alert is reproduced from the packaged frames (evidence/reproduce.py)."""
+    from evidence.reproduce import reproduce
+
+    frames, _ = _dropped_chain()
+    p = _pipeline(tmp_path, False)
+    for f in frames:
+        p.handle(TOPIC, f.payload, f.created + 1)
+    doc = _drop_alerts(p)[0]
+    rep = reproduce(doc, [], frames, {}, {})
+    assert rep.reproduced, rep
+    assert not reproduce(doc, [], frames[:3], {}, {}).reproduced  # without the carrier
