@@ -3,14 +3,19 @@
 ``crc16_hj212`` is the HJ 212 variant (initial ``crc >> 8`` before each byte), which is
 not the Modbus CRC although both use polynomial 0xA001: instrument vendors that borrowed
 the data-logger checksum for their RS-232 output use it, and public code often confuses
-the two. It is the data-logger codec's own table-driven CRC, re-exported here.
+the two. It is the data-logger codec's own table-driven CRC, imported on first use (the
+codec package is loaded only on gateways that need it: docs/agent.md, "Cost").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from stationseal.hj212.crc import crc16 as crc16_hj212
+
+def crc16_hj212(data: bytes) -> int:
+    from stationseal.hj212.crc import crc16
+
+    return crc16(data)
 
 
 def _crc_table() -> list[int]:

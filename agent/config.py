@@ -12,6 +12,9 @@ Relative paths are resolved against the directory of the config file.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,11 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from agent import siteplan
 from agent.profiles import Profile, load_profile, profile_file
+from agent.signer import make_signer
 from agent.yamlcfg import ConfigError, StrictModel, read_yaml, validate
-from stationseal.signing import Signer
 
-__all__ = ["ConfigError", "InstrumentConfig", "SiteConfig", "load_site_config"]
+__all__ = ["ConfigError", "InstrumentConfig", "SiteConfig", "config_hash", "load_site_config",
+           "make_signer", "to_plan"]
 
 SiteKind = Literal["vehicle_inspection", "stack_cems", "air_quality", "water_quality"]
 ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -359,18 +364,28 @@ def load_site_config(path: str | Path) -> SiteConfig:
     return cfg
 
 
-def make_signer(cfg: SiteConfig) -> Signer:
-    """The gateway's signer: from its key file, or inside its PKCS#11 token."""
-    from stationseal.signing import load_signer
+def config_hash(cfg: SiteConfig) -> str:
+    """SHA-256 over the validated config and the profiles it uses (canonical JSON), so
+    comments and key order do not change it but any effective setting does."""
+    # Profiles hold raw bytes (binary serial requests such as b"\xa5\x01\xa6") that JSON
+    # mode would try to read as UTF-8: dump them as Python objects, bytes as hex.
+    doc = {
+        "site": cfg.model_dump(mode="json"),
+        "profiles": {i.profile_name: cfg.profile(i).model_dump(mode="python")
+                     for i in cfg.instruments},
+    }
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"),
+                     default=lambda o: o.hex() if isinstance(o, bytes) else str(o)).encode()
+    return hashlib.sha256(raw).hexdigest()
 
-    if cfg.key_file is not None:
-        return load_signer(cfg.key_file)
-    assert cfg.key_pkcs11 is not None
-    from stationseal.pkcs11 import Pkcs11Signer
 
-    k = cfg.key_pkcs11
-    pin = k.pin_file.read_text(encoding="utf-8").strip()
-    return Pkcs11Signer(str(k.module), k.token_label, pin, k.key_label)
+def to_plan(cfg: SiteConfig) -> siteplan.SiteConfig:
+    """The validated config as the plain frozen copy the runtime works on (agent/
+    siteplan.py): every field, every instrument's profile, the config hash."""
+    plain: siteplan.SiteConfig = siteplan.to_plain(cfg)
+    profiles = {i.profile_name: siteplan.to_plain(cfg.profile(i)) for i in cfg.instruments}
+    return dataclasses.replace(plain, source=cfg.source, profiles=profiles,
+                               config_hash=config_hash(cfg))
 
 
 def preflight(cfg: SiteConfig, *, uplink: bool = True) -> tuple[list[str], list[str]]:

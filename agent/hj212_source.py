@@ -40,8 +40,7 @@ from typing import Any, Protocol
 
 import serial
 
-from agent.config import Hj212Serial, SiteConfig
-from agent.yamlcfg import ConfigError
+from agent.siteplan import ConfigError, Hj212Serial, SiteConfig, plain_site
 from stationseal.hj212 import (
     Frame,
     HJ212Error,
@@ -139,7 +138,9 @@ class HJ212Source:
         self.refused = 0
 
     @classmethod
-    def from_site_config(cls, cfg: SiteConfig) -> HJ212Source:
+    def from_site_config(cls, cfg: SiteConfig | Any) -> HJ212Source:
+        """From the validated site config (plain copy, or its pydantic model)."""
+        cfg = plain_site(cfg)
         h = cfg.hj212
         if h is None:
             raise ConfigError(f"{cfg.source}: no hj212 section")

@@ -17,14 +17,14 @@ with nothing, so the runtime may keep calling it on its schedule.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-from agent.config import InstrumentConfig, SerialTransport, SiteConfig
-from agent.modbus import DEFAULT_POOL, BusPool, ModbusInstrument
-from agent.profiles import Profile
-from agent.serial_reader import SerialInstrument
-from agent.yamlcfg import ConfigError
+from agent.siteplan import ConfigError, InstrumentConfig, Profile, plain_site, to_plain
 from stationseal.records import Event, Reading
+
+if TYPE_CHECKING:
+    from agent.modbus import BusPool
+    from agent.siteplan import ModbusRtuTransport, ModbusTcpTransport
 
 __all__ = ["Instrument", "build_instrument", "build_instruments"]
 
@@ -47,23 +47,44 @@ def build_instrument(inst_cfg: InstrumentConfig, profile: Profile, site_dir: Pat
     missing device at start-up is an event, not a crash.
 
     Modbus instruments on the same serial port or TCP endpoint share one client and lock
-    through ``buses`` (default: a process-wide pool).
+    through ``buses`` (default: a process-wide pool). The readers' modules are imported
+    here, by the first instrument that needs them: a site without serial instruments
+    never loads the serial reader, one without Modbus never loads pymodbus.
+
+    ``inst_cfg`` and ``profile`` are the plain copies (agent/siteplan.py); validated
+    pydantic models are accepted too and copied.
     """
-    if isinstance(inst_cfg.transport, SerialTransport):
+    inst_cfg, profile = _plain(inst_cfg), _plain(profile)
+    if inst_cfg.transport.type == "serial":
         if profile.protocol != "serial":
             raise ConfigError(f"instrument {inst_cfg.id}: profile {profile.id} is "
                               f"{profile.protocol}, transport is serial")
+        from agent.serial_reader import SerialInstrument
+
         return SerialInstrument(inst_cfg, profile, site_dir)
     if profile.protocol != "modbus":
         raise ConfigError(f"instrument {inst_cfg.id}: profile {profile.id} is serial, "
                           f"transport is {inst_cfg.transport.type}")
+    from agent.modbus import DEFAULT_POOL, ModbusInstrument
+
     pool = buses or DEFAULT_POOL
-    return ModbusInstrument(inst_cfg, profile, pool.acquire(inst_cfg.transport), pool)
+    bus = pool.acquire(cast("ModbusTcpTransport | ModbusRtuTransport", inst_cfg.transport))
+    return ModbusInstrument(inst_cfg, profile, bus, pool)
 
 
-def build_instruments(cfg: SiteConfig) -> list[Instrument]:
-    """Readers for every instrument of a site, sharing buses among themselves."""
-    pool = BusPool()
+def _plain(obj: Any) -> Any:
+    return to_plain(obj)
+
+
+def build_instruments(cfg: Any) -> list[Instrument]:
+    """Readers for every instrument of a site, sharing buses among themselves. ``cfg``:
+    the validated site config, plain (agent/siteplan.py) or its pydantic model."""
+    cfg = plain_site(cfg)
+    pool: BusPool | None = None
+    if any(i.transport.type != "serial" for i in cfg.instruments):
+        from agent.modbus import BusPool
+
+        pool = BusPool()
     out = [build_instrument(i, cfg.profile(i), cfg.site_dir, buses=pool)
            for i in cfg.instruments]
     if cfg.hj212 is not None:

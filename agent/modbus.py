@@ -23,7 +23,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -39,9 +39,16 @@ from agent.codec import (
     decode_number,
     decode_string,
 )
-from agent.config import InstrumentConfig, ModbusRtuTransport, ModbusTcpTransport
-from agent.profiles import FUNCTION_CODES, ModbusPoint, ModbusStatus, Profile
 from agent.readings import Backoff, Conv, FaultTracker, ParamWatch, StatusDecoder
+from agent.siteplan import (
+    FUNCTION_CODES,
+    InstrumentConfig,
+    ModbusPoint,
+    ModbusRtuTransport,
+    ModbusStatus,
+    ModbusTcpTransport,
+    Profile,
+)
 from stationseal.records import Event, Reading
 
 EXCEPTION_NAMES: dict[int, str] = {
@@ -76,7 +83,11 @@ Transport = ModbusTcpTransport | ModbusRtuTransport
 
 
 def bus_key(t: Transport) -> str:
-    return f"tcp://{t.host}:{t.port}" if isinstance(t, ModbusTcpTransport) else t.port
+    # (tags rather than isinstance: the validated pydantic models work here as well)
+    if t.type == "modbus_tcp":
+        tcp = cast(ModbusTcpTransport, t)
+        return f"tcp://{tcp.host}:{tcp.port}"
+    return cast(ModbusRtuTransport, t).port
 
 
 def _quiet_pymodbus() -> None:
@@ -110,14 +121,16 @@ class ModbusBus:
         _quiet_pymodbus()
         t = self.transport
         client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        if isinstance(t, ModbusTcpTransport):
-            client = AsyncModbusTcpClient(t.host, port=t.port, name=self.key, timeout=timeout,
-                                          retries=0, reconnect_delay=0,
+        if t.type == "modbus_tcp":
+            tcp = cast(ModbusTcpTransport, t)
+            client = AsyncModbusTcpClient(tcp.host, port=tcp.port, name=self.key,
+                                          timeout=timeout, retries=0, reconnect_delay=0,
                                           trace_packet=self._trace)
         else:
-            client = AsyncModbusSerialClient(t.port, framer=FramerType.RTU,
-                                             baudrate=t.baudrate, parity=t.parity,
-                                             stopbits=t.stopbits, bytesize=t.bytesize,
+            rtu = cast(ModbusRtuTransport, t)
+            client = AsyncModbusSerialClient(rtu.port, framer=FramerType.RTU,
+                                             baudrate=rtu.baudrate, parity=rtu.parity,
+                                             stopbits=rtu.stopbits, bytesize=rtu.bytesize,
                                              name=self.key, timeout=timeout, retries=0,
                                              reconnect_delay=0, trace_packet=self._trace)
         self._readers = {1: client.read_coils, 2: client.read_discrete_inputs,
@@ -183,7 +196,7 @@ class ModbusBus:
                             stop=True, raw=raw[:256].hex())
         if raw:
             why = "no valid Modbus frame"
-            if isinstance(self.transport, ModbusRtuTransport) and _rtu_crc_bad(raw, unit, fc):
+            if self.transport.type == "modbus_rtu" and _rtu_crc_bad(raw, unit, fc):
                 why = "CRC mismatch in answer"
             return BusError("malformed_response", f"{why} within {timeout:g} s reading {what}",
                             stop=True, raw=raw[:256].hex())
@@ -241,6 +254,11 @@ DEFAULT_POOL = BusPool()
 
 
 # --------------------------------------------------------------------------- planning
+
+
+def _is_status(p: ModbusPoint | ModbusStatus) -> bool:
+    """A status register rather than a point (points carry a signal)."""
+    return not hasattr(p, "signal")
 
 
 @dataclass
@@ -318,12 +336,12 @@ class _Compiled:
         self.status: tuple[StatusDecoder, int, int, str, str] | None = None
         for it in block.items:
             off = it.address - block.address
-            p = it.point
-            if isinstance(p, ModbusStatus):
-                n = p.register_count
-                self.status = (StatusDecoder(p), off if bitwise else off * 2, n,
-                               p.data_type, p.word_order)
+            if _is_status(it.point):
+                st = cast(ModbusStatus, it.point)
+                self.status = (StatusDecoder(st), off if bitwise else off * 2,
+                               st.register_count, st.data_type, st.word_order)
                 continue
+            p = cast(ModbusPoint, it.point)
             conv = Conv(p.signal, p.out_unit, p.scale, p.offset, p.range, p.role,
                         p.data_type in INTEGER_TYPES or p.data_type == "bits")
             if p.data_type == "bits":
@@ -371,7 +389,7 @@ class ModbusInstrument:
             meas.append(_Item(s.table, s.address, s.register_count, s))
         mblocks = plan_blocks(meas, cfg.max_registers)
         # the status block first, so its flag is known for every other block of the poll
-        mblocks.sort(key=lambda b: not any(isinstance(i.point, ModbusStatus) for i in b.items))
+        mblocks.sort(key=lambda b: not any(_is_status(i.point) for i in b.items))
         pblocks = plan_blocks(params, cfg.max_registers)
         for b in pblocks:
             b.parameters = True

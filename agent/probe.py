@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from agent.codec import decode_number, registers_to_bytes
 from agent.config import ModbusRtuTransport, ModbusTcpTransport
 from agent.modbus import BusError, ModbusBus
-from agent.profiles import FUNCTION_CODES
+from agent.siteplan import FUNCTION_CODES, to_plain
 
 ORDERS = ("ABCD", "BADC", "CDAB", "DCBA")
 
@@ -53,7 +53,7 @@ async def probe_read(*, register: str, address: int, count: int, unit: int = 1,
         transport = ModbusRtuTransport.model_validate({
             "type": "modbus_rtu", "port": serial_port, "baudrate": baudrate, "parity": parity,
             "stopbits": stopbits, "bytesize": bytesize})
-    bus = ModbusBus(transport)
+    bus = ModbusBus(to_plain(transport))
     what = f"{register} {address}..{address + count - 1} unit {unit}"
     try:
         resp = await bus.request(FUNCTION_CODES[register], address, count, unit, timeout, 0.0,

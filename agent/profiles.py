@@ -11,7 +11,6 @@ structures derived from these models, never on pydantic objects.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,9 +18,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from agent.codec import NUMERIC_TYPES
+from agent.siteplan import FLAG_PRIORITY, FUNCTION_CODES, canonical_unit, decimals_of
 from agent.yamlcfg import ConfigError, StrictModel, read_yaml, validate
 from stationseal.records import QUALITY_FLAGS
-from stationseal.signals import BY_NAME, is_known
+from stationseal.signals import is_known
+
+__all__ = ["FLAG_PRIORITY", "FUNCTION_CODES", "Profile", "canonical_unit", "decimals_of",
+           "load_profile", "profile_file"]
 
 RegisterType = Literal["coil", "discrete", "holding", "input"]
 WordOrder = Literal["ABCD", "BADC", "CDAB", "DCBA"]
@@ -31,13 +34,9 @@ ModbusDataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64"
 BinaryDataType = Literal["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
                          "uint64", "float32", "float64"]
 
-#: Modbus function code that reads each register type.
-FUNCTION_CODES: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 #: Status flags an instrument may declare; "N" is the absence of a flag, "B" and "T" are
 #: set by the gateway itself (communication failure, over range).
 STATUS_FLAGS = tuple(f for f in QUALITY_FLAGS if f not in ("N", "B", "T"))
-#: When several conditions hold, the reading carries the most severe flag.
-FLAG_PRIORITY = "DFMCST"
 
 PROFILE_ID = r"^[a-z][a-z0-9_]{0,47}$"
 
@@ -55,22 +54,6 @@ def _latin1(v: Any) -> Any:
 
 
 Bytes = Annotated[bytes, BeforeValidator(_latin1)]
-
-
-def canonical_unit(signal: str) -> str:
-    sig = BY_NAME.get(signal) or BY_NAME[signal.split(".", 1)[0]]
-    return sig.unit
-
-
-def decimals_of(*numbers: float) -> int | None:
-    """Decimal places a scaled integer can carry, so 0.001 * 1234 is stored as 1.234 and
-    not 1.2340000000000002 (the raw bytes are signed alongside, nothing is lost)."""
-    places = 0
-    for n in numbers:
-        exp = Decimal(repr(float(n))).normalize().as_tuple().exponent
-        if isinstance(exp, int):
-            places = max(places, -exp)
-    return places if places <= 12 else None
 
 
 class _Valued(StrictModel):

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.profiles import StatusFlags, decimals_of
+from agent.siteplan import StatusFlags, decimals_of
 from stationseal.records import Event, Reading
 
 

@@ -90,9 +90,10 @@ def register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError, SiteConfig
+    from agent.configproc import check_in_child
     from agent.outbox import OutboxError
     from agent.runtime import Agent
+    from agent.siteplan import ConfigError
     from stationseal.cli import UsageError
     from stationseal.signing import SigningError
 
@@ -102,11 +103,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The config is validated (pydantic) and preflighted in a short-lived child process;
+    # this long-running one keeps only the plain copy (agent/configproc.py).
     # --output file:PATH replaces the configured uplink: its files do not matter then.
-    cfg = _load_checked(args.config, uplink=args.output is None)
-    assert isinstance(cfg, SiteConfig)
     try:
-        agent = Agent.from_config(cfg, output=args.output)
+        checked = check_in_child(args.config, uplink=args.output is None)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    for w in checked.warnings:
+        print(f"stationseal agent: warning: {args.config}: {w}", file=sys.stderr)
+    if checked.errors:
+        raise UsageError("\n".join(f"{args.config}: {e}" for e in checked.errors))
+    try:
+        agent = Agent.from_config(checked.config, output=args.output)
         agent.open()
     except (ValueError, SigningError, OutboxError, ConfigError) as e:
         raise UsageError(str(e)) from None

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import signal
@@ -33,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import ClockMonitor, measure, ntp_sync_state
-from agent.config import FileUplink, MqttUplink, OutboxConfig, SiteConfig, make_signer
 from agent.dispatch import Dispatcher, Transport
 from agent.instruments import Instrument
 from agent.outbox import Outbox
 from agent.sdnotify import Notifier
 from agent.sealer import Sealer
+from agent.signer import make_signer
+from agent.siteplan import FileUplink, MqttUplink, OutboxConfig, SiteConfig, plain_site
 from agent.status import STATUS_SCHEMA, InstrumentHealth, status_path_for, write_status
 from agent.uplink import FileTransport, MqttTransport
 from stationseal import __version__
@@ -78,21 +77,6 @@ class RuntimeOptions:
     #: A frame the broker had no subscriber for (PUBACK 0x10) is sent again after this
     #: long (doubling per attempt).
     unrouted_retry_s: float = 5.0
-
-
-def config_hash(cfg: SiteConfig) -> str:
-    """SHA-256 over the validated config and the profiles it uses (canonical JSON), so
-    comments and key order do not change it but any effective setting does."""
-    # Profiles hold raw bytes (binary serial requests such as b"\xa5\x01\xa6") that JSON
-    # mode would try to read as UTF-8: dump them as Python objects, bytes as hex.
-    doc = {
-        "site": cfg.model_dump(mode="json"),
-        "profiles": {i.profile_name: cfg.profile(i).model_dump(mode="python")
-                     for i in cfg.instruments},
-    }
-    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"),
-                     default=lambda o: o.hex() if isinstance(o, bytes) else str(o)).encode()
-    return hashlib.sha256(raw).hexdigest()
 
 
 def _tls_context(up: MqttUplink) -> ssl.SSLContext | None:
@@ -153,13 +137,16 @@ class Agent:
         self._stopped = False
 
     @classmethod
-    def from_config(cls, cfg: SiteConfig, *, output: str | None = None,
+    def from_config(cls, cfg: SiteConfig | Any, *, output: str | None = None,
                     options: RuntimeOptions = RuntimeOptions(),
                     instruments: Sequence[Instrument] | None = None) -> Agent:
-        """Build from a validated site config. ``output="file:PATH"`` replaces the
-        configured uplink (air-gapped site, or a test)."""
+        """Build from a validated site config: its plain copy (agent/siteplan.py, what
+        `agent run` gets from its checking process) or the pydantic model itself.
+        ``output="file:PATH"`` replaces the configured uplink (air-gapped site, or a
+        test)."""
         from agent.instruments import build_instruments
 
+        cfg = plain_site(cfg)
         uplink: MqttUplink | FileUplink = cfg.uplink
         if output is not None:
             if not output.startswith("file:") or len(output) <= 5:
@@ -195,7 +182,7 @@ class Agent:
                 checkpoint_path=Path(cfg.outbox.path).with_name("central-checkpoint.json"),
             )
 
-        if uplink.type == "mqtt" and uplink.tls is None:
+        if isinstance(uplink, MqttUplink) and uplink.tls is None:
             log.warning("uplink to %s without TLS: frames are signed but readable "
                         "and the broker is not authenticated", uplink.host)
         clock_cfg = cfg.clock
@@ -207,7 +194,7 @@ class Agent:
         return cls(
             gateway_id=gw, site=cfg.site, signer=signer, outbox=cfg.outbox,
             instruments=instruments if instruments is not None else build_instruments(cfg),
-            transport=transport, config_hash=config_hash(cfg),
+            transport=transport, config_hash=cfg.config_hash,
             profiles={i.profile_name: cfg.profile(i).version for i in cfg.instruments},
             clock=clock, options=options,
             ntp_server=clock_cfg.servers() if clock_cfg.ntp_check else None,

@@ -25,22 +25,23 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import serial
 
 from agent.checksums import CHECKSUMS
 from agent.codec import INTEGER_TYPES, NUMERIC_TYPES, order_plan, swap_words
-from agent.config import InstrumentConfig, SerialTransport
-from agent.profiles import (
+from agent.readings import Backoff, Conv, FaultTracker, ParamWatch, StatusDecoder
+from agent.siteplan import (
     DelimiterFraming,
+    InstrumentConfig,
     Profile,
     SerialField,
     SerialMessage,
     SerialSpec,
     SerialStatus,
+    SerialTransport,
 )
-from agent.readings import Backoff, Conv, FaultTracker, ParamWatch, StatusDecoder
 from stationseal.records import Event, Reading
 
 #: Frames waiting for poll() in free-running mode; beyond this the oldest are dropped and
@@ -75,7 +76,8 @@ class _FieldCodec:
         self.index = f.index
         self.group = f.group
         self.offset = f.byte_offset or 0
-        self.base = f.base if isinstance(f, SerialStatus) else 10
+        # (attributes rather than isinstance: the validated pydantic models work too)
+        self.base = getattr(f, "base", 10) if not hasattr(f, "signal") else 10
         self.st: struct.Struct | None = None
         self.swapped = False
         self.end = 0
@@ -111,7 +113,7 @@ class SerialCodec:
         self.messages = [_MessageCodec(m) for m in spec.messages]
         self._buf = b""
         fr = spec.framing
-        self._delim = fr if isinstance(fr, DelimiterFraming) else None
+        self._delim = cast(DelimiterFraming, fr) if fr.type == "delimiter" else None
         cs = spec.checksum
         if cs.type == "none":
             self._cs = None
@@ -337,12 +339,12 @@ class SerialInstrument:
     """A raw serial instrument on its own port (ports are not shared: config.py)."""
 
     def __init__(self, cfg: InstrumentConfig, profile: Profile, site_dir: Path) -> None:
-        assert profile.serial is not None and isinstance(cfg.transport, SerialTransport)
+        assert profile.serial is not None and cfg.transport.type == "serial"
         self.id = cfg.id
         self.config = cfg
         self.profile = profile
-        self._t = cfg.transport
-        port = Path(cfg.transport.port)
+        self._t = cast(SerialTransport, cfg.transport)
+        port = Path(self._t.port)
         self._port = str(port if port.is_absolute() else site_dir / port)
         self._codec = SerialCodec(profile.serial)
         self._rr = profile.serial.mode == "request_response"

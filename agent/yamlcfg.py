@@ -14,16 +14,15 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent.siteplan import ConfigError
+
+__all__ = ["ConfigError", "StrictModel", "format_validation_error", "read_yaml", "validate"]
+
 M = TypeVar("M", bound=BaseModel)
 
 #: Fields holding a tagged union: pydantic puts the chosen tag into the error location
 #: (``transport.modbus_rtu.baudrate``); people think of it as ``transport.baudrate``.
 _TAGGED_FIELDS = frozenset({"transport", "framing", "uplink"})
-
-
-class ConfigError(Exception):
-    """A profile or site configuration that cannot be used; the message names file,
-    path inside the file, and problem."""
 
 
 class StrictModel(BaseModel):

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+# ``cryptography`` is imported by the functions that use it, not here: the gateway agent
+# imports this module (through stationseal.frame) and signs with Ed25519 through the
+# OpenSSL its Python already links (stationseal/ossl.py); loading cryptography's Rust
+# library would cost it ~9 MB of its 35 MB budget (docs/agent.md, "Cost").
 
 #: Algorithm name -> the number carried in the frame body.
 ALG_IDS: dict[str, int] = {"ed25519": 1, "p256": 2}
@@ -38,16 +39,31 @@ P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 
 
-def _ecdsa() -> ec.ECDSA:
+@cache
+def _ecdsa_sign() -> ec.ECDSA:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         return ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
     except Exception:  # cryptography < 42, or an OpenSSL without RFC 6979
         return ec.ECDSA(hashes.SHA256())
 
 
-_ECDSA_SIGN = _ecdsa()
-#: True when P-256 signatures are deterministic (RFC 6979) here.
-P256_DETERMINISTIC = getattr(_ECDSA_SIGN, "deterministic_signing", False)
+@cache
+def _ecdsa_verify() -> ec.ECDSA:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.ECDSA(hashes.SHA256())
+
+
+def __getattr__(name: str) -> Any:
+    # P256_DETERMINISTIC: True when P-256 signatures are deterministic (RFC 6979) here.
+    # Computed on first use, as it needs cryptography.
+    if name == "P256_DETERMINISTIC":
+        return bool(getattr(_ecdsa_sign(), "deterministic_signing", False))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def raw_p256_signature(r: int, s: int) -> bytes:
@@ -70,6 +86,9 @@ class Signer(Protocol):
 
 
 def public_key_raw(pub: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     if isinstance(pub, ed25519.Ed25519PublicKey):
         return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return pub.public_bytes(
@@ -101,13 +120,17 @@ class P256Signer:
     alg = "p256"
 
     def __init__(self, key: ec.EllipticCurvePrivateKey):
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         if not isinstance(key.curve, ec.SECP256R1):
             raise SigningError(f"ECDSA key is on {key.curve.name}, expected secp256r1 (P-256)")
         self._key = key
         self.key_id = key_id_for(key.public_key())
 
     def sign(self, data: bytes) -> bytes:
-        der = self._key.sign(data, _ECDSA_SIGN)
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        der = self._key.sign(data, _ecdsa_sign())
         r, s = decode_dss_signature(der)
         return raw_p256_signature(r, s)
 
@@ -115,16 +138,23 @@ class P256Signer:
 def signer_from_private_key(
     key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey,
 ) -> Signer:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return Ed25519Signer(key)
     return P256Signer(key)
 
 
-def load_signer(path: str | Path) -> Signer:
+def load_signer(path: str | Path, *, lean: bool = False) -> Signer:
     """Load a PEM private key written by `stationseal keys generate`.
 
     Refuses a key file readable by group or others: on a gateway that is the difference
     between a signature and a forgeable one.
+
+    ``lean``: sign an Ed25519 key with the OpenSSL library Python's ``ssl`` module
+    already loaded (:mod:`stationseal.ossl`) instead of loading ``cryptography``, when
+    that library passes its known-answer test. Same signatures, byte for byte (Ed25519
+    is deterministic); the gateway agent uses it to stay inside its memory budget.
     """
     p = Path(path)
     try:
@@ -137,7 +167,20 @@ def load_signer(path: str | Path) -> Signer:
             f"(run: chmod 600 {p})"
         )
     try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+        pem = p.read_bytes()
+    except OSError as e:
+        raise SigningError(f"{p}: cannot read private key: {e.strerror}") from None
+    if lean:
+        from stationseal import ossl
+
+        signer = ossl.ed25519_signer_from_pem(pem)
+        if signer is not None:
+            return signer
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
         raise SigningError(f"{p}: not a usable PEM private key: {e}") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
@@ -146,6 +189,9 @@ def load_signer(path: str | Path) -> Signer:
 
 
 def load_public_key(pem: bytes) -> ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     key = serialization.load_pem_public_key(pem)
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
@@ -160,6 +206,7 @@ def verify_with_key(
     data: bytes,
     sig: bytes,
 ) -> bool:
+    invalid_signature, ec, ed25519, encode_dss_signature = _verify_api()
     if len(sig) != SIGNATURE_LEN:
         return False
     try:
@@ -172,14 +219,21 @@ def verify_with_key(
             r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
             if not (0 < r < P256_N and 0 < s <= P256_N // 2):
                 return False
-            pub.verify(encode_dss_signature(r, s), data, _ECDSA_VERIFY)
+            pub.verify(encode_dss_signature(r, s), data, _ecdsa_verify())
             return True
-    except InvalidSignature:
+    except invalid_signature:
         return False
     return False
 
 
-_ECDSA_VERIFY = ec.ECDSA(hashes.SHA256())
+@cache
+def _verify_api() -> tuple[type[Exception], Any, Any, Any]:
+    """What verification needs of cryptography, imported once (per-frame hot path)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    return InvalidSignature, ec, ed25519, encode_dss_signature
 
 
 def verify_signature(alg: str, public_key_pem: bytes, data: bytes, sig: bytes) -> bool:

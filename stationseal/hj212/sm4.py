@@ -16,12 +16,19 @@ against a party who holds the key - which is why StationSeal signs at the gatewa
 from __future__ import annotations
 
 import binascii
-
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from typing import Any
 
 from stationseal.hj212.errors import HJ212CryptoError
 
 BLOCK = 16
+
+
+def _sm4_ecb(key: bytes) -> Any:
+    # cryptography is imported only when a CP is really encrypted or decrypted: a gateway
+    # hearing a logger without SM4 must not carry its ~9 MB (docs/agent.md, "Cost").
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    return Cipher(algorithms.SM4(key), modes.ECB())
 
 
 def parse_key(key: bytes | str) -> bytes:
@@ -44,8 +51,8 @@ def encrypt_cp(plain: bytes, key: bytes) -> bytes:
     """Encrypt whole blocks of the CP region; the short tail stays plain."""
     key = parse_key(key)
     whole = len(plain) - len(plain) % BLOCK
-    enc = Cipher(algorithms.SM4(key), modes.ECB()).encryptor()
-    cipher = enc.update(plain[:whole]) + enc.finalize()
+    enc = _sm4_ecb(key).encryptor()
+    cipher: bytes = enc.update(plain[:whole]) + enc.finalize()
     return cipher.hex().upper().encode("ascii") + plain[whole:]
 
 
@@ -72,5 +79,6 @@ def decrypt_cp(text: bytes, key: bytes, base: int = 0) -> bytes:
             position=base + bad,
             got=hex_part[bad : bad + 8],
         ) from None
-    dec = Cipher(algorithms.SM4(key), modes.ECB()).decryptor()
-    return dec.update(cipher) + dec.finalize() + text[blocks * 2 * BLOCK :]
+    dec = _sm4_ecb(key).decryptor()
+    out: bytes = dec.update(cipher) + dec.finalize() + text[blocks * 2 * BLOCK :]
+    return out
